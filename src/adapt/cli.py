@@ -1,0 +1,82 @@
+"""The `adapt` command line: one Typer app, commands contributed by fa_adapt and capkit.
+
+Heavy imports (torch, transformers) happen inside the commands, so `adapt --help` stays fast.
+Each package's `cli.register(app)` adds its commands through `command()`, which turns a
+`UserError` into a one-line message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from adapt import __version__
+from adapt.errors import UserError
+
+app = typer.Typer(
+    name="adapt",
+    help="Adapt models on modest hardware: Persian chat fine-tuning (fa_adapt) and image captioning (capkit).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print `error: message` on stderr and exit with `code`."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def command(target: typer.Typer, fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:
+    """Register `fn` as a command of `target`, with user errors shown as one line (exit 2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except UserError as err:
+            fail(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(130) from None
+
+    target.command(name=name, **kwargs)(wrapper)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Adapt models on modest hardware."""
+
+
+def _register_all() -> None:
+    from capkit import cli as capkit_cli
+    from fa_adapt import cli as fa_cli
+
+    fa_cli.register(app)
+    capkit_cli.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point of the `adapt` console script."""
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()
