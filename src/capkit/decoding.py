@@ -1,0 +1,246 @@
+"""Turning a decoder's next-word distribution into captions: greedy, no-repeat and beam search.
+
+Every strategy drives a decoder only through its incremental interface
+(`init_state(pooled, grid)`, `step(tokens, state)`, `reorder_state(state, index)`), so one
+implementation serves the LSTM, the attention and the transformer decoder alike, batched.
+
+Rules shared by all strategies: the pad, start and unknown tokens are never emitted, a caption
+ends at the end token or after `max_len` words, whichever comes first. `no-repeat` bans any word
+(or, with `no_repeat_ngram=N`, any N-gram) the caption already contains — the cure for the
+"long strings of unrelated/repeated words" failure the source's transformer showed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from adapt.errors import UserError
+
+
+class SpecialIds(Protocol):
+    """What decoding needs from a vocabulary (a `capkit.vocab.Vocab` has all four)."""
+
+    pad_id: int
+    start_id: int
+    end_id: int
+    unk_id: int
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One decoding strategy: its search routine and its default n-gram ban (0 = none)."""
+
+    search: Callable[..., list[list[int]]]
+    default_no_repeat_ngram: int
+    description: str
+
+
+def _forbid(logp: torch.Tensor, ids: SpecialIds, histories: list[list[int]], ngram: int) -> torch.Tensor:
+    """Set to -inf the log-probabilities of tokens that may not come next for each row."""
+    logp[:, [ids.pad_id, ids.start_id, ids.unk_id]] = float("-inf")
+    if ngram <= 0:
+        return logp
+    for row, history in enumerate(histories):
+        banned = _banned_next(history, ngram)
+        if banned:
+            logp[row, list(banned)] = float("-inf")
+    return logp
+
+
+def _banned_next(history: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `history`."""
+    if n == 1:
+        return set(history)
+    if len(history) < n:
+        return set()
+    prefix = history[len(history) - n + 1 :]
+    return {history[i + n - 1] for i in range(len(history) - n + 1) if history[i : i + n - 1] == prefix}
+
+
+def _greedy_search(
+    decoder: Any,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    ids: SpecialIds,
+    max_len: int,
+    no_repeat_ngram: int,
+    **_: Any,
+) -> list[list[int]]:
+    """Take the most likely allowed word at every step."""
+    batch = pooled.shape[0]
+    state = decoder.init_state(pooled, grid)
+    tokens = torch.full((batch,), ids.start_id, dtype=torch.long, device=pooled.device)
+    captions: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for _step in range(max_len):
+        logits, state = decoder.step(tokens, state)
+        logp = _forbid(logits.float().log_softmax(-1), ids, captions, no_repeat_ngram)
+        tokens = logp.argmax(-1)
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token == ids.end_id:
+                done[row] = True
+            else:
+                captions[row].append(token)
+        if all(done):
+            break
+    return captions
+
+
+def _beam_search(
+    decoder: Any,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    ids: SpecialIds,
+    max_len: int,
+    no_repeat_ngram: int,
+    beam_size: int = 3,
+    length_penalty: float = 1.0,
+    **_: Any,
+) -> list[list[int]]:
+    """Keep the `beam_size` most likely partial captions per image; return the best finished one.
+
+    The classic captioning beam: at each step the k best extensions are kept; one that is the
+    end token is finished and takes its beam with it, so the beam shrinks until none is left
+    (k=1 is exactly greedy). At `max_len` the unfinished beams are finished as they stand.
+    Finished captions are ranked by total log-probability / length**length_penalty (length
+    counts the end token), so a caption is not preferred merely for being short.
+    """
+    batch, k = pooled.shape[0], beam_size
+    device = pooled.device
+    neg_inf = float("-inf")
+    state = decoder.init_state(pooled, grid)
+    state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
+    tokens = torch.full((batch * k,), ids.start_id, dtype=torch.long, device=device)
+    # Only the first beam of each image is live at the start, so the k beams do not start as copies.
+    scores = torch.full((batch, k), neg_inf, device=device)
+    scores[:, 0] = 0.0
+    histories: list[list[int]] = [[] for _ in range(batch * k)]
+    live = [k] * batch
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+
+    def normalised(score: float, length: int) -> float:
+        return score / (max(length, 1) ** length_penalty)
+
+    for step in range(max_len):
+        logits, state = decoder.step(tokens, state)
+        logp = _forbid(logits.float().log_softmax(-1), ids, histories, no_repeat_ngram)
+        vocab_size = logp.shape[-1]
+        candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab_size)
+        top_scores, top_index = candidates.topk(min(k, candidates.shape[-1]), dim=-1)
+        next_rows, next_tokens, next_scores, next_histories = [], [], [], []
+        for b in range(batch):
+            alive: list[tuple[int, int, float]] = []
+            taken = 0
+            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist(), strict=True):
+                if taken == live[b] or score == neg_inf:
+                    break
+                taken += 1
+                row, token = b * k + index // vocab_size, index % vocab_size
+                if token == ids.end_id:
+                    finished[b].append((normalised(score, step + 1), histories[row]))
+                else:
+                    alive.append((row, token, score))
+            live[b] = len(alive)
+            # Dead slots keep a -inf score so they never produce candidates.
+            alive += [(b * k, ids.end_id, neg_inf)] * (k - len(alive))
+            for row, token, score in alive:
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_scores.append(score)
+                next_histories.append(histories[row] + [token] if score > neg_inf else [])
+        scores = torch.tensor(next_scores, device=device).reshape(batch, k)
+        histories = next_histories
+        if not any(live):
+            break
+        state = decoder.reorder_state(state, torch.tensor(next_rows, device=device))
+        tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
+
+    best: list[list[int]] = []
+    for b in range(batch):
+        pool = list(finished[b])
+        for j in range(k):
+            score = float(scores[b, j])
+            if score > neg_inf:  # cut off by the length limit: no end token in its length
+                pool.append((normalised(score, len(histories[b * k + j])), histories[b * k + j]))
+        best.append(max(pool, key=lambda item: item[0])[1] if pool else [])
+    return best
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "greedy": Strategy(_greedy_search, 0, "the most likely word at each step"),
+    "no-repeat": Strategy(
+        _greedy_search, 1, "greedy, but never a word (or, with --no-repeat-ngram N, an N-gram) twice"
+    ),
+    "beam": Strategy(_beam_search, 0, "beam search with length normalisation (--beam-size)"),
+}
+
+
+@torch.inference_mode()
+def decode(
+    decoder: Any,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    vocab: SpecialIds,
+    strategy: str = "greedy",
+    max_len: int = 20,
+    beam_size: int = 3,
+    no_repeat_ngram: int | None = None,
+    length_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Caption a batch of encoded images; returns one list of word ids per image (no special ids).
+
+    `no_repeat_ngram=None` takes the strategy's default (1 for `no-repeat`, off otherwise);
+    any N > 0 bans repeating N-grams under any strategy (e.g. beam with N=2).
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"--decoding: unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if max_len < 1:
+        raise UserError(f"--max-len must be at least 1, got {max_len}")
+    if beam_size < 1:
+        raise UserError(f"--beam-size must be at least 1, got {beam_size}")
+    chosen = STRATEGIES[strategy]
+    ngram = chosen.default_no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram
+    if ngram < 0:
+        raise UserError(f"--no-repeat-ngram must be 0 (off) or more, got {ngram}")
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        return chosen.search(
+            decoder,
+            pooled,
+            grid,
+            vocab,
+            max_len=max_len,
+            no_repeat_ngram=ngram,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+        )
+    finally:
+        decoder.train(was_training)
+
+
+@torch.inference_mode()
+def attention_weights(
+    decoder: Any, pooled: torch.Tensor, grid: torch.Tensor, vocab: SpecialIds, caption: list[int]
+) -> torch.Tensor:
+    """Replay one caption through an attention decoder; returns (len(caption), HW) weights.
+
+    Row i is the attention the decoder paid to the grid when it produced word i. Replaying
+    (rather than recording during search) makes it work after any strategy, beam included.
+    """
+    state = decoder.init_state(pooled[:1], grid[:1])
+    token = torch.tensor([vocab.start_id], device=pooled.device)
+    rows = []
+    for word in caption:
+        _, state = decoder.step(token, state)
+        if "alpha" not in state:
+            raise UserError("--attention-map needs a decoder with attention (this model's decoder has none)")
+        rows.append(state["alpha"][0].float().cpu())
+        token = torch.tensor([word], device=pooled.device)
+    return torch.stack(rows) if rows else torch.zeros(0, grid.shape[1])
