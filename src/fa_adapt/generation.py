@@ -1,0 +1,281 @@
+"""Chat generation for base models, LoRA / freeze runs and prompt-tuned runs alike.
+
+Every prompt is rendered as ChatML with an open assistant turn; generation stops at `<|im_end|>`
+(or the tokenizer's own end token). Greedy decoding with a no-repeat-3-gram rule is the default:
+the source's models repeated words without it. The rule looks at the answer only: transformers'
+`no_repeat_ngram_size` also bans every 3-gram of the prompt, so a model could not repeat a
+Persian word of the question (most are several tokens) or the text it is asked to translate.
+
+Prompt tuning is handled here rather than by PEFT's `generate`: PEFT ignores position ids for
+prompt-learning models, so in a left-padded batch the padding sits between the virtual tokens
+and the prompt and shifts their relative positions, giving other tokens than the same prompt
+alone. We build `[padding][virtual tokens][prompt]` ourselves and hand the embeddings to the base
+model's `generate`, which then runs with the KV cache and gives the same greedy tokens as PEFT's
+own cache-free forward pass (the source could only generate with `use_cache=False`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.runio import check_positive
+from fa_adapt.chatml import IM_END, Message, render
+
+DEFAULT_MAX_NEW_TOKENS = 200
+DEFAULT_NO_REPEAT_NGRAM = 3
+
+
+@dataclass
+class Answer:
+    """One generated answer: `stopped` is True when it ended with an end token before the limit."""
+
+    prompt: str
+    answer: str
+    stopped: bool
+    tokens: int  # generated tokens, the end token included
+    seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` form: prompt, answer, stopped, tokens."""
+        d = asdict(self)
+        del d["seconds"], d["token_ids"]
+        return d
+
+
+def as_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
+    """A user prompt (str) or a conversation, with an optional system message put first."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    if not messages or messages[-1]["role"] != "user":
+        raise UserError("prompt: the conversation must end with a user message")
+    return messages
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Ids that end an answer: `<|im_end|>` (when the tokenizer has it) and the tokenizer's EOS."""
+    ids = []
+    if IM_END in tokenizer.get_vocab():
+        ids.append(tokenizer.convert_tokens_to_ids(IM_END))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def unpack(target: Any, tokenizer: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from a loaded run (anything with `.model` and `.tokenizer`) or a model."""
+    if hasattr(target, "model") and hasattr(target, "tokenizer") and not hasattr(target, "generate"):
+        return target.model, tokenizer or target.tokenizer
+    if tokenizer is None:
+        raise UserError("generate: a tokenizer is needed when a bare model is given")
+    return target, tokenizer
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    cfg = getattr(model, "active_peft_config", None)
+    return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
+
+
+def _sampling_kwargs(
+    tokenizer: Any, max_new_tokens: int, no_repeat_ngram: int, temperature: float, top_p: float
+) -> dict[str, Any]:
+    check_positive("--max-new-tokens", max_new_tokens)
+    check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
+    check_positive("--temperature", temperature, allow_zero=True)
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p: must be in (0, 1], got {top_p}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kw: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": stop_token_ids(tokenizer),
+        "pad_token_id": pad,
+        "use_cache": True,
+    }
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def _encode_left_padded(tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _prompt_tuning_inputs(model: Any, enc: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """`[padding][virtual tokens][prompt]` as input ids + embeddings for the base model's generate.
+
+    The ids at the virtual positions are pad ids: they are never embedded (the embeddings are
+    given) and only keep `input_ids` aligned for the no-repeat-n-gram rule.
+    """
+    import torch
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    n_virtual = model.active_peft_config.num_virtual_tokens
+    with torch.no_grad():
+        words = model.word_embeddings(ids)
+        virtual = model.get_prompt(batch_size=ids.shape[0]).to(words.dtype)
+    rows_ids, rows_emb, rows_mask = [], [], []
+    for i in range(ids.shape[0]):
+        n_pad = int((mask[i] == 0).sum())
+        rows_emb.append(torch.cat([words[i, :n_pad], virtual[i], words[i, n_pad:]]))
+        rows_ids.append(torch.cat([ids[i, :n_pad], ids.new_full((n_virtual,), pad_id), ids[i, n_pad:]]))
+        rows_mask.append(torch.cat([mask[i, :n_pad], mask.new_ones(n_virtual), mask[i, n_pad:]]))
+    return {
+        "input_ids": torch.stack(rows_ids),
+        "inputs_embeds": torch.stack(rows_emb),
+        "attention_mask": torch.stack(rows_mask),
+    }
+
+
+class AnswerNoRepeatNGram:
+    """Logits processor: never produce an n-gram the answer (tokens after `prompt_len`) already has."""
+
+    def __init__(self, n: int, prompt_len: int) -> None:
+        self.n, self.prompt_len = n, prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        n = self.n
+        for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
+            if len(ids) < n:
+                continue
+            prefix = tuple(ids[len(ids) - n + 1 :])
+            banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
+class _TextStream:
+    """A transformers streamer that hands each newly decoded piece of the answer to `emit`."""
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # hold back a trailing replacement char: a multi-byte Persian letter may be half decoded
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.emit(text[self.sent :])
+            self.sent = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.sent:
+            self.emit(text[self.sent :])
+            self.sent = len(text)
+
+
+def generate_batch(
+    target: Any,
+    prompts: Sequence[str | Sequence[Message]],
+    tokenizer: Any = None,
+    system: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    stream: Callable[[str], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Answer]:
+    """Answer many prompts, `batch_size` at a time with left padding; greedy unless `temperature > 0`.
+
+    `target` is a loaded run or a model (then pass `tokenizer`). `stream` (single prompt only)
+    receives the answer text piece by piece as it is generated. `on_batch(n)` is called after
+    each batch with the number of prompts it held (for progress bars).
+    """
+    import torch
+    from transformers import LogitsProcessorList
+
+    model, tokenizer = unpack(target, tokenizer)
+    check_positive("--batch-size", batch_size)
+    if stream is not None and len(prompts) != 1:
+        raise UserError("generate: streaming works on one prompt at a time")
+    kw = _sampling_kwargs(tokenizer, max_new_tokens, no_repeat_ngram, temperature, top_p)
+    stops = set(kw["eos_token_id"])
+    prompt_tuned = _is_prompt_learning(model)
+    runner = model.get_base_model() if prompt_tuned else model
+    model.eval()
+    answers: list[Answer] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [as_messages(p, system) for p in prompts[start : start + batch_size]]
+        enc = _encode_left_padded(tokenizer, [render(m, add_generation_prompt=True) for m in chunk])
+        inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
+        streamer = _TextStream(tokenizer, stream) if stream is not None else None
+        t0 = time.perf_counter()
+        prompt_len = inputs["input_ids"].shape[1]
+        rules = LogitsProcessorList(
+            [AnswerNoRepeatNGram(no_repeat_ngram, prompt_len)] if no_repeat_ngram else []
+        )
+        with torch.no_grad():
+            out = runner.generate(**inputs, **kw, logits_processor=rules, streamer=streamer)
+        seconds = time.perf_counter() - t0
+        new = out[:, prompt_len:].tolist()
+        for messages, row in zip(chunk, new, strict=True):
+            end = next((i for i, t in enumerate(row) if t in stops), None)
+            kept = row if end is None else row[:end]
+            answers.append(
+                Answer(
+                    prompt=messages[-1]["content"],
+                    answer=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    stopped=end is not None,
+                    tokens=len(kept) + (end is not None),
+                    seconds=seconds / len(chunk),
+                    token_ids=kept + ([row[end]] if end is not None else []),
+                )
+            )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return answers
+
+
+def generate(
+    target: Any,
+    prompt: str | Sequence[Message],
+    tokenizer: Any = None,
+    system: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer one prompt (a user message, or a conversation ending with a user message).
+
+    `target` is a loaded run (`fa_adapt.load_run`) or a model (then pass its `tokenizer`, with
+    the ChatML tokens added). Greedy by default; stops at `<|im_end|>`.
+    """
+    return generate_batch(
+        target,
+        [prompt],
+        tokenizer=tokenizer,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        no_repeat_ngram=no_repeat_ngram,
+        temperature=temperature,
+        top_p=top_p,
+        stream=stream,
+    )[0]
