@@ -60,6 +60,11 @@ def as_messages(prompt: str | Sequence[Message], system: str | None = None) -> l
     return messages
 
 
+def prompt_text(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The text the model completes: BOS (as in training) + the ChatML conversation + `assistant` header."""
+    return (tokenizer.bos_token or "") + render(messages, add_generation_prompt=True)
+
+
 def stop_token_ids(tokenizer: Any) -> list[int]:
     """Ids that end an answer: `<|im_end|>` (when the tokenizer has it) and the tokenizer's EOS."""
     ids = []
@@ -222,7 +227,7 @@ def generate_batch(
     answers: list[Answer] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [as_messages(p, system) for p in prompts[start : start + batch_size]]
-        enc = _encode_left_padded(tokenizer, [render(m, add_generation_prompt=True) for m in chunk])
+        enc = _encode_left_padded(tokenizer, [prompt_text(tokenizer, m) for m in chunk])
         inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
         streamer = _TextStream(tokenizer, stream) if stream is not None else None
         t0 = time.perf_counter()

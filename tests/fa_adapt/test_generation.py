@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from adapt.errors import UserError
-from fa_adapt.chatml import render
-from fa_adapt.generation import as_messages, generate, generate_batch, stop_token_ids
+from fa_adapt.generation import as_messages, generate, generate_batch, prompt_text, stop_token_ids
 
 _spec = importlib.util.spec_from_file_location("fa_tiny_chat", Path(__file__).with_name("tiny_chat.py"))
 tiny = importlib.util.module_from_spec(_spec)
@@ -37,9 +36,9 @@ def variants(base):
 
 def _reference(model, tok, prompt, max_new_tokens, use_cache):
     """The model's own `generate` on one unpadded prompt (PEFT's path for prompt tuning)."""
-    ids = tok(
-        render([{"role": "user", "content": prompt}], True), return_tensors="pt", add_special_tokens=False
-    )
+    text = prompt_text(tok, [{"role": "user", "content": prompt}])
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    assert ids["input_ids"][0, 0] == tok.bos_token_id
     out = model.generate(
         **ids,
         max_new_tokens=max_new_tokens,

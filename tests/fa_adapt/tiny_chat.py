@@ -102,7 +102,7 @@ def freeze_like(model, seed: int = 3):
 
 def overfit(model, tok, conversation, steps: int = 60, lr: float = 3e-3):
     """Train `model` on one conversation (loss on the assistant turn) until it can repeat it; returns losses."""
-    prompt = render(conversation[:-1], add_generation_prompt=True)
+    prompt = tok.bos_token + render(conversation[:-1], add_generation_prompt=True)
     full = prompt + conversation[-1]["content"] + "<|im_end|>\n"
     p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
     ids = tok(full, add_special_tokens=False, return_tensors="pt")["input_ids"]

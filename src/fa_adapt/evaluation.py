@@ -1,0 +1,163 @@
+"""Held-out evaluation: loss / perplexity on assistant tokens, and answer metrics on prompts.
+
+`evaluate()` measures one model; `evaluate_against_base()` measures a run and its base model
+the same way and reports each figure as a change against the base.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from fa_adapt import metrics
+from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, unpack
+
+LOSS_KEYS = ("loss", "perplexity")
+GENERATION_KEYS = ("persian_ratio", "repeat_3gram", "stop_rate", "answer_tokens_mean", "tokens_per_s")
+# for each metric, whether a higher value is better (used to mark a change as good or bad)
+HIGHER_IS_BETTER = {
+    "loss": False,
+    "perplexity": False,
+    "persian_ratio": True,
+    "repeat_3gram": False,
+    "stop_rate": True,
+    "answer_tokens_mean": None,
+    "tokens_per_s": True,
+}
+
+
+def default_heldout_path() -> Path:
+    """The packaged 40-conversation Persian held-out set."""
+    return Path(__file__).parent / "data" / "heldout_fa.jsonl"
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per non-empty line of a UTF-8 text file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--prompts {path}: file not found")
+    try:
+        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise UserError(f"--prompts {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not prompts:
+        raise UserError(f"--prompts {path}: no prompt in the file (one prompt per line)")
+    return prompts
+
+
+def heldout_loss(
+    target: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    tokenizer: Any = None,
+    batch_size: int = 4,
+    max_length: int = 1024,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[float, int]:
+    """Mean cross-entropy over the assistant tokens of `conversations`, and how many tokens that was.
+
+    Tokenised exactly as in training (`fa_adapt.data.encode_conversation`: only assistant
+    content and its `<|im_end|>` carry labels); rows longer than `max_length` are cut.
+    """
+    import torch
+
+    from fa_adapt.collator import ChatCollator
+    from fa_adapt.data import IGNORE_INDEX, encode_conversation
+
+    model, tokenizer = unpack(target, tokenizer)
+    rows = []
+    for messages in conversations:
+        ids, labels = encode_conversation(tokenizer, list(messages))
+        rows.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
+    rows = [r for r in rows if any(lab != IGNORE_INDEX for lab in r["labels"])]
+    if not rows:
+        raise UserError("--data: no conversation has an assistant answer to score")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = ChatCollator(pad_token_id=pad)
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # prompt tuning prepends virtual tokens to the logits: keep the positions of the real tokens
+        logits = logits[:, -batch["labels"].shape[1] :].float()
+        shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        total += loss.item()
+        count += int((shift_labels != IGNORE_INDEX).sum())
+        if on_batch is not None:
+            on_batch(len(batch["input_ids"]))
+    return total / count, count
+
+
+def answer_metrics(answers: Sequence[Answer]) -> dict[str, float]:
+    """persian_ratio, repeat_3gram, stop_rate, answer_tokens_mean, tokens_per_s of generated answers."""
+    texts = [a.answer for a in answers]
+    seconds = sum(a.seconds for a in answers)
+    tokens = sum(a.tokens for a in answers)
+    return {
+        "persian_ratio": metrics.persian_ratio(texts),
+        "repeat_3gram": metrics.repeat_ngram_rate(texts, 3),
+        "stop_rate": metrics.stop_rate([a.stopped for a in answers]),
+        "answer_tokens_mean": tokens / len(answers) if answers else 0.0,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
+
+
+def evaluate(
+    target: Any,
+    conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    prompts: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[dict[str, float], list[Answer]]:
+    """Metrics of one model: loss keys when `conversations` are given, generation keys with `prompts`.
+
+    Returns the metrics and the generated answers (empty without prompts).
+    """
+    model, tokenizer = unpack(target, tokenizer)
+    result: dict[str, float] = {}
+    if conversations:
+        loss, _ = heldout_loss(
+            model, conversations, tokenizer=tokenizer, batch_size=batch_size, on_batch=on_batch
+        )
+        result.update(loss=loss, perplexity=metrics.perplexity(loss))
+    answers: list[Answer] = []
+    if prompts:
+        answers = generate_batch(
+            model,
+            list(prompts),
+            tokenizer=tokenizer,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+        result.update(answer_metrics(answers))
+    return result, answers
+
+
+def changes(run: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """run − base for every metric both have (positive = the run's figure is higher)."""
+    out = {}
+    for key in run:
+        if key in base and math.isfinite(run[key]) and math.isfinite(base[key]):
+            out[key] = run[key] - base[key]
+    return out
+
+
+def is_improvement(key: str, change: float) -> bool | None:
+    """Whether a change of `key` by `change` is better (None when the metric has no better direction)."""
+    higher = HIGHER_IS_BETTER.get(key)
+    if higher is None or change == 0:
+        return None
+    return (change > 0) == higher
