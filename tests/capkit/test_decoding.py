@@ -16,6 +16,15 @@ A, B, C, D = 4, 5, 6, 7
 V = 8
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: extra intra-op threads only spin and wait (50x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class TableDecoder(nn.Module):
     """next-word logits = table[previous word] + pooled (a per-image bias of size V).
 
