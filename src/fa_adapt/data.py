@@ -1,0 +1,252 @@
+"""Chat data: read conversations from files or the hub, normalise them, tokenise with assistant-only labels.
+
+Two public forms are accepted: OpenAI style (`message`/`messages` = list of `{role, content}`, the
+form of `universitytehran/SlimOrca`) and ShareGPT (`conversations` = list of `{from, value}`).
+Bad rows are skipped and counted (or, with `strict`, raised as a `UserError` naming file, row, field).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from fa_adapt.chatml import IM_END, IM_START, Message
+
+LIST_COLUMNS = ("message", "messages", "conversations")
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+}
+IGNORE_INDEX = -100
+VALIDATION_RATIO = (2, 10)  # validation : train
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def default_data_path() -> Path:
+    """The Persian sample dataset shipped inside the package."""
+    return Path(str(resources.files("fa_adapt").joinpath("data", "fa_chat_sample.jsonl")))
+
+
+class BadRow(ValueError):
+    """A row that cannot become a conversation; message names the field."""
+
+
+@dataclass
+class DataStats:
+    """Counts of what happened to the rows: reported in metrics.json."""
+
+    rows: int = 0
+    bad_rows: int = 0
+    bad_reasons: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    skipped_too_long: int = 0
+
+    def bad(self, reason: str) -> None:
+        self.bad_rows += 1
+        key = reason.split(":")[0]
+        self.bad_reasons[key] = self.bad_reasons.get(key, 0) + 1
+
+
+def normalize_row(row: Any) -> list[Message]:
+    """One raw row → a list of `{role, content}` with roles mapped to system/user/assistant."""
+    if not isinstance(row, dict):
+        raise BadRow(f"row: expected a JSON object, got {type(row).__name__}")
+    column = next((c for c in LIST_COLUMNS if c in row), None)
+    if column is None:
+        found = ", ".join(map(str, row)) or "none"
+        raise BadRow(f"columns: expected one of {', '.join(LIST_COLUMNS)}; found {found}")
+    turns = row[column]
+    if isinstance(turns, str):  # CSV cells hold the list JSON-encoded
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError:
+            raise BadRow(f"{column}: not a JSON-encoded list") from None
+    if hasattr(turns, "tolist"):
+        turns = turns.tolist()
+    if not isinstance(turns, list) or not turns:
+        raise BadRow(f"{column}: expected a non-empty list of turns")
+    messages: list[Message] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise BadRow(f"{column}[{i}]: expected an object")
+        raw_role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if raw_role is None:
+            raise BadRow(f"{column}[{i}].role: missing")
+        role = ROLE_ALIASES.get(str(raw_role).strip().lower())
+        if role is None:
+            raise BadRow(f"{column}[{i}].role: unknown role {raw_role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise BadRow(f"{column}[{i}].content: empty")
+        messages.append({"role": role, "content": content.strip()})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRow(f"{column}: no assistant turn")
+    return messages
+
+
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number, raw row) pairs; JSONL lines that do not parse become BadRow placeholders."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows: list[tuple[int, Any]] = []
+            with path.open(encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append((lineno, json.loads(line)))
+                    except json.JSONDecodeError as err:
+                        rows.append((lineno, BadRow(f"line: malformed JSON ({err.msg})")))
+            return rows
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]
+            if not isinstance(data, list):
+                raise UserError(f"{path}: expected a JSON list of conversations")
+            return list(enumerate(data, 1))
+        if suffix in (".parquet", ".csv"):
+            import pyarrow.csv
+            import pyarrow.parquet
+
+            table = pyarrow.parquet.read_table(path) if suffix == ".parquet" else pyarrow.csv.read_csv(path)
+            if not any(c in table.column_names for c in LIST_COLUMNS):
+                raise UserError(
+                    f"{path}: no column named {', '.join(LIST_COLUMNS)}; found {', '.join(table.column_names)}"
+                )
+            return list(enumerate(table.to_pylist(), 2 if suffix == ".csv" else 1))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (unreadable encoding)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from None
+    except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError)
+        raise UserError(f"{path}: cannot read ({str(err).splitlines()[0]})") from None
+    raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _read_hub(name: str) -> list[tuple[int, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"--data {name}: not a file, and the `datasets` package is not installed") from None
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as err:  # noqa: BLE001 — any hub failure is the user's bad name or no network
+        raise UserError(
+            f"--data {name}: not a file, and not loadable from the hub ({str(err).splitlines()[0]})"
+        ) from None
+    return list(enumerate(ds, 1))
+
+
+def load_conversations(
+    source: str | Path | None = None, strict: bool = False, limit: int | None = None
+) -> tuple[list[list[Message]], DataStats]:
+    """Read and normalise conversations from a file (.jsonl/.json/.parquet/.csv) or a hub dataset name."""
+    path = Path(source) if source is not None else default_data_path()
+    if path.exists():
+        rows, where = _read_rows(path), str(path)
+    elif (
+        str(source).count("/") == 1
+        and path.suffix.lower() not in FILE_SUFFIXES
+        and not str(source).startswith(".")
+    ):
+        rows, where = _read_hub(str(source)), str(source)
+    else:
+        raise UserError(f"--data {source}: file not found")
+    stats = DataStats()
+    conversations: list[list[Message]] = []
+    for rowno, raw in rows:
+        stats.rows += 1
+        try:
+            if isinstance(raw, BadRow):
+                raise raw
+            conversations.append(normalize_row(raw))
+        except BadRow as err:
+            if strict:
+                raise UserError(f"{where}: row {rowno}: {err}") from None
+            stats.bad(str(err))
+        if limit and len(conversations) >= limit:
+            break
+    if not conversations:
+        raise UserError(f"{where}: no usable conversation ({stats.bad_rows} bad of {stats.rows} rows)")
+    return conversations, stats
+
+
+def encode_conversation(tokenizer: Any, messages: list[Message]) -> tuple[list[int], list[int]]:
+    """ChatML token ids and labels: only assistant content and its `<|im_end|>` carry labels.
+
+    Turns are tokenised piece by piece (marker, role header, content, end) so that label
+    boundaries are exact and never depend on how a tokenizer merges across pieces.
+    """
+    start_id, end_id = tokenizer.convert_tokens_to_ids([IM_START, IM_END])
+    ids: list[int] = []
+    labels: list[int] = []
+    if tokenizer.bos_token_id is not None:
+        ids.append(tokenizer.bos_token_id)
+        labels.append(IGNORE_INDEX)
+
+    def piece(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    newline = piece("\n")
+    for m in messages:
+        header = [start_id, *piece(m["role"] + "\n")]
+        body = piece(m["content"])
+        ids += header + body + [end_id] + newline
+        if m["role"] == "assistant":
+            labels += [IGNORE_INDEX] * len(header) + body + [end_id] + [IGNORE_INDEX] * len(newline)
+        else:
+            labels += [IGNORE_INDEX] * (len(header) + len(body) + 1 + len(newline))
+    return ids, labels
+
+
+def tokenize_conversations(
+    tokenizer: Any, conversations: list[list[Message]], max_length: int, stats: DataStats
+) -> list[dict[str, list[int]]]:
+    """Encode all conversations; apply the length policy.
+
+    Policy: a conversation longer than `max_length` tokens is cut at `max_length` when at least
+    one assistant token survives the cut (counted as truncated); otherwise it is dropped (counted
+    as skipped), since a row with no label teaches nothing.
+    """
+    out = []
+    for messages in conversations:
+        ids, labels = encode_conversation(tokenizer, messages)
+        if len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+            if all(lab == IGNORE_INDEX for lab in labels):
+                stats.skipped_too_long += 1
+                continue
+            stats.truncated += 1
+        out.append({"input_ids": ids, "labels": labels})
+    if not out:
+        raise UserError(
+            f"--max-length {max_length}: shorter than every prompt; no conversation keeps an assistant token"
+        )
+    return out
+
+
+def split_train_validation(examples: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """Seeded shuffle, then 2 : 10 validation : train (at least one of each)."""
+    if len(examples) < 2:
+        raise UserError(
+            f"need at least 2 usable conversations for a train/validation split, got {len(examples)}"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    val_n, train_n = VALIDATION_RATIO
+    n_val = min(len(examples) - 1, max(1, round(len(examples) * val_n / (val_n + train_n))))
+    val = [examples[i] for i in order[:n_val]]
+    train = [examples[i] for i in order[n_val:]]
+    return train, val

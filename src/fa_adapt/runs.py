@@ -1,0 +1,148 @@
+"""Run folders: write one after training, load one back with a single call (`load_run`).
+
+Layout: config.json, metrics.json, loss.png, summary.md, tokenizer files, and either `adapter/`
+(PEFT save_pretrained, safetensors) for lora/prompt or, for freeze, `trained_layers.safetensors`
+(the first/last decoder layers) plus `adapter/` holding the ChatML token rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.runio import atomic_path, plot_curves, read_json, write_json, write_text
+
+LAYERS_FILE = "trained_layers.safetensors"
+
+
+@dataclass
+class Run:
+    """A trained run loaded back: model in eval mode, tokenizer with ChatML tokens, resolved config."""
+
+    model: Any
+    tokenizer: Any
+    config: dict[str, Any]
+    path: Path
+    method: str
+
+
+def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"# fa_adapt run: {cfg['method']}",
+            "",
+            f"- model: {cfg['model'] or 'Gemma 3 270M (embedded default)'} ({cfg['quantization']})",
+            f"- data: {cfg['data'] or 'packaged Persian sample'}: {m['train_rows']} train / {m['validation_rows']} validation rows"
+            f" ({m['data']['bad_rows']} bad rows skipped, {m['data']['truncated']} truncated, "
+            f"{m['data']['skipped_too_long']} too long)",
+            f"- steps: {m['steps']} (epochs {m['epochs']:.2f}), lr {cfg['lr']}, batch {cfg['batch_size']}x{cfg['grad_accum']}",
+            f"- trainable parameters: {m['trainable_params']:,} of {m['total_params']:,} ({m['trainable_percent']:.4f}%)",
+            f"- validation loss: {m['initial_eval_loss'] if m['initial_eval_loss'] is None else round(m['initial_eval_loss'], 4)}"
+            f" → {m['final_eval_loss']:.4f}",
+            f"- wall time: {m['wall_time_s']:.0f} s, {m['tokens_per_second']:.0f} tokens/s",
+            "",
+            "![loss](loss.png)",
+            "",
+        ]
+    )
+
+
+def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write the run folder (every file atomically)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg["method"] == "freeze":
+        from fa_adapt.strategies import decoder_layer_names
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        names = decoder_layer_names(base.config)
+        tensors = {
+            k: v.detach().cpu().contiguous()
+            for k, v in base.state_dict().items()
+            if any(k.startswith(n + ".") for n in names)
+        }
+        with atomic_path(out / LAYERS_FILE) as tmp:
+            save_file(tensors, str(tmp))
+    if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
+        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    write_json(out / "metrics.json", metrics)
+    plot_curves(
+        out / "loss.png",
+        {"train": metrics["train_loss"], "validation": metrics["eval_loss"]},
+        title=f"fa_adapt {cfg['method']}: loss",
+    )
+    write_text(out / "summary.md", _summary(cfg, metrics))
+    write_json(out / "config.json", cfg)  # last: its presence with metrics marks a complete run
+
+
+def load_run(path: str | Path, quantization: str | None = None) -> Run:
+    """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config."""
+    import torch
+
+    from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.loading import load_model, load_tokenizer, resolve_model_path
+    from fa_adapt.strategies import decoder_layer_names
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file() or not (folder / "metrics.json").is_file():
+        raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
+    cfg = read_json(folder / "config.json")
+    method = cfg.get("method")
+    if method not in ("lora", "prompt", "freeze"):
+        raise UserError(f"{folder / 'config.json'}: unknown method {method!r}")
+    quant = quantization or cfg.get("quantization", "nf4")
+    base_path = resolve_model_path(cfg.get("model"))
+    skip = None
+    if method == "freeze" and quant == "nf4":
+        from transformers import AutoConfig
+
+        skip = decoder_layer_names(AutoConfig.from_pretrained(base_path))
+    model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False)
+    tokenizer = load_tokenizer(str(folder))
+    base_tokenizer = load_tokenizer(base_path)
+    add_chatml_tokens(base_tokenizer, model)  # same rows as in training, before the trained deltas
+    if len(base_tokenizer) != len(tokenizer):
+        raise UserError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens, base model {base_path} gives {len(base_tokenizer)}"
+        )
+    adapter = folder / "adapter"
+    if method in ("lora", "prompt") or adapter.is_dir():
+        from peft import PeftModel
+
+        if not adapter.is_dir():
+            raise UserError(f"{folder}: run folder has no adapter/ (incomplete run)")
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except (RuntimeError, ValueError) as err:
+            raise UserError(
+                f"{adapter}: adapter does not fit base model {base_path} ({str(err).splitlines()[0]})"
+            ) from None
+        if method == "freeze":
+            model = model.merge_and_unload()
+    if method == "freeze":
+        from safetensors.torch import load_file
+
+        layers = folder / LAYERS_FILE
+        if not layers.is_file():
+            raise UserError(f"{folder}: run folder has no {LAYERS_FILE} (incomplete run)")
+        state = load_file(str(layers))
+        missing = [
+            k
+            for k in state
+            if k not in dict(model.named_parameters()) and k not in dict(model.named_buffers())
+        ]
+        if missing:
+            raise UserError(f"{layers}: weights do not fit base model {base_path} (e.g. {missing[0]})")
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for k, v in state.items():
+                if k in params:
+                    params[k].copy_(v.to(params[k].dtype))
+    model.eval()
+    if hasattr(model, "config"):
+        model.config.use_cache = True
+    return Run(model=model, tokenizer=tokenizer, config=cfg, path=folder, method=method)

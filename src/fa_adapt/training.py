@@ -1,0 +1,230 @@
+"""`finetune`: load, add ChatML tokens, apply a strategy, train with HF Trainer, write one run folder.
+
+HF Trainer runs the loop, so `torchrun`/`accelerate launch` give data-parallel training unchanged;
+only the main process writes the run folder. Checkpoints go to `<output>/checkpoints`; `resume`
+continues from the newest one to the same final state. Ctrl-C saves a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.runio import check_choice, check_positive
+from fa_adapt import data as chat_data
+from fa_adapt import strategies
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method": "lora",
+    "model": None,
+    "data": None,
+    "output": None,
+    "epochs": None,
+    "max_steps": None,
+    "lr": None,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "max_length": 160,
+    "seed": 42,
+    "quantization": "nf4",
+    "gradient_checkpointing": False,
+    "max_train_rows": None,
+    "logging_steps": 5,
+    "eval_steps": None,
+    "save_steps": None,
+    "target_modules": None,
+    "num_virtual_tokens": None,
+    "strict": False,
+    "resume": False,
+}
+# default-run budgets measured on a 2-core CPU (see docs/fa_adapt.md): each finishes within 10 minutes
+DEFAULT_MAX_STEPS = {"lora": 60, "prompt": 60, "freeze": 60}
+
+
+def resolve_config(**overrides: Any) -> dict[str, Any]:
+    """Defaults ← strategy defaults ← the given values (None means "not given")."""
+    cfg = dict(TRAIN_DEFAULTS)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(overrides) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    check_choice("--method", cfg["method"], list(strategies.STRATEGIES))
+    strat = strategies.STRATEGIES[cfg["method"]]()
+    if cfg["lr"] is None:
+        cfg["lr"] = strat.lr
+    if cfg["epochs"] is None and cfg["max_steps"] is None:
+        cfg["epochs"] = strat.epochs
+        cfg["max_steps"] = DEFAULT_MAX_STEPS[cfg["method"]]
+    for flag in ("batch_size", "grad_accum", "max_length", "lr"):
+        check_positive("--" + flag.replace("_", "-"), cfg[flag])
+    for flag in ("epochs", "max_steps"):
+        check_positive("--" + flag.replace("_", "-"), cfg[flag])
+    if cfg["target_modules"] and isinstance(cfg["target_modules"], str):
+        cfg["target_modules"] = [m.strip() for m in cfg["target_modules"].split(",") if m.strip()]
+    if cfg["output"] is None:
+        cfg["output"] = f"runs/fa-{cfg['method']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg
+
+
+def strategy_config(cfg: dict[str, Any]) -> Any:
+    """The strategy dataclass for `cfg`, with the CLI-level overrides applied."""
+    strat = strategies.STRATEGIES[cfg["method"]]()
+    if cfg["method"] == "lora" and cfg.get("target_modules"):
+        strat.target_modules = list(cfg["target_modules"])
+    if cfg["method"] == "prompt" and cfg.get("num_virtual_tokens"):
+        strat.num_virtual_tokens = int(cfg["num_virtual_tokens"])
+    strat.lr = cfg["lr"]
+    return strat
+
+
+def prepare_model(cfg: dict[str, Any]) -> tuple[Any, Any, list[int], Any]:
+    """Load tokenizer + model for `cfg`, add ChatML tokens and apply the strategy."""
+    from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.loading import load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(cfg["model"])
+    tokenizer = load_tokenizer(path)
+    quant = cfg["quantization"]
+    skip = None
+    if cfg["method"] == "freeze" and quant == "nf4":
+        from transformers import AutoConfig
+
+        skip = strategies.decoder_layer_names(AutoConfig.from_pretrained(path))
+    model = load_model(path, quantization=quant, skip_modules=skip)
+    new_ids = add_chatml_tokens(tokenizer, model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    strat = strategy_config(cfg)
+    if cfg["method"] == "prompt":
+        model = strategies.apply_prompt(model, strat, new_ids)
+    else:
+        model = strategies.APPLY[cfg["method"]](model, strat, new_ids)
+    if cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    return model, tokenizer, new_ids, strat
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(
+        folder.glob("checkpoint-*"),
+        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+    )
+    return str(ckpts[-1]) if ckpts else None
+
+
+def finetune(**settings: Any) -> Path:
+    """Fine-tune a causal LM on chat data and write a run folder; returns its path.
+
+    Settings are those of `adapt finetune` (see `TRAIN_DEFAULTS`); `None` values take the
+    strategy's defaults. Raises `UserError` for bad settings or data.
+    """
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from fa_adapt.callbacks import InterruptCheckpoint, Interrupted, RichProgress
+    from fa_adapt.runs import write_run
+
+    cfg = resolve_config(**settings)
+    out = Path(cfg["output"])
+    ckpt_dir = out / "checkpoints"
+    resume_from = None
+    if cfg["resume"]:
+        resume_from = _latest_checkpoint(ckpt_dir)
+        if resume_from is None:
+            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+    set_seed(cfg["seed"])
+    conversations, stats = chat_data.load_conversations(
+        cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"]
+    )
+    model, tokenizer, new_ids, strat = prepare_model(cfg)
+    examples = chat_data.tokenize_conversations(tokenizer, conversations, cfg["max_length"], stats)
+    train_rows, val_rows = chat_data.split_train_validation(examples, cfg["seed"])
+    from fa_adapt.collator import ChatCollator
+
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
+    max_steps = int(cfg["max_steps"]) if cfg["max_steps"] else -1
+    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * cfg["epochs"])
+    eval_steps = cfg["eval_steps"] or max(1, total_steps // 6)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg["batch_size"] * 2,
+        gradient_accumulation_steps=cfg["grad_accum"],
+        learning_rate=cfg["lr"],
+        num_train_epochs=float(cfg["epochs"] or 1),
+        max_steps=max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=min(10, max(0, total_steps // 10)),
+        logging_steps=cfg["logging_steps"],
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=cfg["save_steps"] or eval_steps,
+        save_total_limit=2,
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    progress = RichProgress()
+    interrupt = InterruptCheckpoint()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=val_rows,
+        data_collator=ChatCollator(tokenizer.pad_token_id),
+        callbacks=[progress, interrupt],
+    )
+    started = time.time()
+    base_eval = trainer.evaluate()["eval_loss"] if resume_from is None else None
+    with interrupt.installed():
+        trainer.train(resume_from_checkpoint=resume_from)
+    if interrupt.stopped:
+        raise Interrupted(
+            f"interrupted at step {trainer.state.global_step}; checkpoint saved in {ckpt_dir}. "
+            f"Resume with: adapt finetune --config {out / 'config.json'} --resume"
+        )
+    wall = time.time() - started
+    final_eval = trainer.evaluate()["eval_loss"]
+    if not trainer.is_world_process_zero():
+        return out
+    counts = strategies.count_parameters(model)
+    n_tokens = sum(len(r["input_ids"]) for r in train_rows)
+    metrics = {
+        "method": cfg["method"],
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "initial_eval_loss": base_eval,
+        "final_eval_loss": final_eval,
+        "train_loss": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+        "eval_loss": [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h],
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_percent": counts["percent"],
+        "train_rows": len(train_rows),
+        "validation_rows": len(val_rows),
+        "data": dataclasses.asdict(stats),
+        "tokens_per_second": n_tokens * (trainer.state.epoch or 0) / max(wall, 1e-9),
+        "wall_time_s": wall,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    if base_eval is not None:
+        metrics["eval_loss"].insert(0, (0, base_eval))
+    cfg_out = dict(cfg, resume=False, strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids)
+    write_run(out, model, tokenizer, cfg_out, metrics)
+    return out
