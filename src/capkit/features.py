@@ -1,0 +1,131 @@
+"""Encoder features computed once per image and cached on disk.
+
+One small safetensors file per image, under `<cache>/features/<encoder + preprocessing>/`, named by
+a hash of the image's absolute path, size and modification time: a changed image gets new
+features, a different encoder or preprocessing gets its own folder. Files are written atomically
+and a file that cannot be read back (a damaged cache) is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from adapt.runio import atomic_path
+from capkit.data import BadImage, open_image
+from capkit.encoders import Encoder
+
+
+def default_cache_dir() -> Path:
+    """`$CAPKIT_CACHE`, else `~/.cache/capkit`."""
+    return Path(os.environ.get("CAPKIT_CACHE") or Path.home() / ".cache" / "capkit")
+
+
+def _image_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def _read_cached(file: Path, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        return None
+    try:
+        tensors = load_file(file)
+        pooled, grid = tensors["pooled"], tensors["grid"]
+    except Exception:  # any damage (truncated, garbage, missing key): recompute
+        return None
+    if pooled.shape != (encoder.feature_dim,) or grid.ndim != 2 or grid.shape[1] != encoder.feature_dim:
+        return None
+    return pooled, grid
+
+
+def extract_features(
+    encoder: Encoder,
+    image_paths: Sequence[str | os.PathLike[str]],
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    grid_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> dict:
+    """Features of every image: `pooled` (N, D) float32, `grid` (N, H*W, D) in `grid_dtype`.
+
+    Images that cannot be decoded get zero rows and are listed in `failed` (their indices) so the
+    caller can drop them. Pass `cache_dir=False` to skip the disk cache.
+    """
+    from safetensors.torch import save_file
+
+    paths = [Path(p) for p in image_paths]
+    folder = None
+    if cache_dir is not False:
+        safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.cache_key)
+        folder = Path(cache_dir or default_cache_dir()) / "features" / safe_key
+        folder.mkdir(parents=True, exist_ok=True)
+    hw = encoder.grid_size**2
+    pooled = torch.zeros(len(paths), encoder.feature_dim)
+    grid = torch.zeros(len(paths), hw, encoder.feature_dim, dtype=grid_dtype)
+    failed: list[int] = []
+    todo: list[int] = []
+    for i, path in enumerate(paths):
+        hit = (
+            _read_cached(folder / f"{_image_key(path)}.safetensors", encoder)
+            if folder and path.is_file()
+            else None
+        )
+        if hit is None:
+            todo.append(i)
+        else:
+            pooled[i], grid[i] = hit[0].float(), hit[1].to(grid_dtype)
+    with _progress(
+        progress and bool(todo), f"encoding {len(todo)} images ({encoder.name})", len(todo)
+    ) as advance:
+        for start in range(0, len(todo), batch_size):
+            batch_idx, tensors = [], []
+            for i in todo[start : start + batch_size]:
+                try:
+                    tensors.append(encoder.transform(open_image(paths[i])))
+                    batch_idx.append(i)
+                except (BadImage, FileNotFoundError):
+                    failed.append(i)
+            if tensors:
+                p, g = encoder(torch.stack(tensors))
+                for row, i in enumerate(batch_idx):
+                    # Rounded through fp16 like the cache, so a cached and a fresh run see identical features.
+                    pooled[i], grid[i] = p[row], g[row].half().to(grid_dtype)
+                    if folder:
+                        # fp16 on disk halves the cache; the features are post-ReLU6 activations (0..6).
+                        with atomic_path(folder / f"{_image_key(paths[i])}.safetensors") as tmp:
+                            save_file(
+                                {"pooled": p[row].contiguous(), "grid": g[row].half().contiguous()}, str(tmp)
+                            )
+            advance(len(todo[start : start + batch_size]))
+    return {"pooled": pooled, "grid": grid, "failed": sorted(failed)}
+
+
+class _progress:
+    """A Rich progress bar on stderr (or nothing); yields `advance(n)`."""
+
+    def __init__(self, enabled: bool, description: str, total: int):
+        self.enabled, self.description, self.total = enabled, description, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.description, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False

@@ -1,0 +1,175 @@
+"""Run folders: what a training run writes and `load_captioner` reads back.
+
+A run folder holds `decoder.safetensors` (best weights), `word_to_id.json`, `config.json`,
+`metrics.json`, `loss.png`, `samples.png`, `summary.md` and, while training, `checkpoint.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.runio import atomic_path, plot_curves, read_json, write_json, write_text
+from capkit.vocab import Vocab
+
+WEIGHTS, VOCAB, CONFIG, METRICS = "decoder.safetensors", "word_to_id.json", "config.json", "metrics.json"
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress(enabled: bool, description: str, total: int) -> Iterator:
+    """A Rich progress bar on stderr when `enabled`; yields `advance(n)`."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def default_output(decoder: str) -> str:
+    return str(Path("runs") / f"caption-{decoder}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def save_run(
+    out: Path, cfg, vocab: Vocab, decoder, state: dict, data_counts: dict, samples: list[dict]
+) -> None:
+    """Write the final run folder (main process only), every file atomically."""
+    from safetensors.torch import save_file
+
+    from capkit.plots import samples_figure
+
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in decoder.state_dict().items()},
+            str(tmp),
+            metadata={"decoder": cfg.decoder},
+        )
+    vocab.save(out / VOCAB)
+    write_json(out / CONFIG, asdict(cfg))
+    history = state["history"]
+    metrics = {
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": round(state["best_val"], 5),
+        "initial_val_loss": state.get("initial_val_loss"),
+        "epochs_run": state["epoch"],
+        "stopped_early": state["epoch"] < cfg.epochs,
+        "train_seconds": round(sum(h["seconds"] for h in history), 1),
+        "history": history,
+        "data": data_counts,
+        "samples": samples,
+    }
+    write_json(out / METRICS, metrics)
+    plot_curves(
+        out / "loss.png",
+        {
+            "train": [(h["epoch"], h["train_loss"]) for h in history],
+            "validation": [(h["epoch"], h["val_loss"]) for h in history],
+        },
+        f"{cfg.decoder} decoder: loss per epoch",
+        xlabel="epoch",
+    )
+    samples_figure(out / "samples.png", samples, f"{cfg.decoder} decoder on validation images (greedy)")
+    lines = [
+        f"# Caption run: {cfg.decoder} decoder on {cfg.encoder} features",
+        "",
+        f"- data: `{cfg.data}` ({data_counts['train_examples']} training / {data_counts['val_examples']} validation captions, {data_counts['vocab_size']} words)",
+        f"- best validation loss {metrics['best_val_loss']} at epoch {metrics['best_epoch']} of {metrics['epochs_run']} (untrained: {metrics['initial_val_loss']})",
+        f"- training time {metrics['train_seconds']} s; skipped: {data_counts['skipped'] or 'nothing'}, unreadable images {data_counts['corrupt_images']}",
+        "",
+        "| image | generated | a reference |",
+        "|---|---|---|",
+        *[f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |" for s in samples],
+        "",
+        f"Load it with `capkit.load_captioner({str(out)!r})`.",
+    ]
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+
+
+@dataclass
+class Captioner:
+    """A trained captioner: decoder (eval mode) + vocabulary + config; the encoder loads on first use."""
+
+    encoder_name: str
+    decoder: Any
+    vocab: Vocab
+    config: dict
+    path: Path
+    _encoder: Any = field(default=None, repr=False)
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from capkit.encoders import load_encoder
+
+            self._encoder = load_encoder(self.encoder_name)
+        return self._encoder
+
+    def load_encoder(self):
+        return self.encoder
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.get("max_length", 25))
+
+
+def load_captioner(path: str | os.PathLike[str]) -> Captioner:
+    """Load a run folder written by `adapt caption-train` (best weights)."""
+    from safetensors.torch import load_file
+
+    from capkit.decoders import build_decoder
+
+    folder = Path(path)
+    missing = [f for f in (WEIGHTS, VOCAB, CONFIG) if not (folder / f).is_file()]
+    if not folder.is_dir() or missing:
+        raise UserError(
+            f"{folder}: not a capkit run folder (missing {', '.join(missing) if folder.is_dir() else 'the folder'})"
+        )
+    config = read_json(folder / CONFIG)
+    vocab = Vocab.load(folder / VOCAB)
+    try:
+        weights = load_file(folder / WEIGHTS)
+    except Exception as err:
+        raise UserError(f"{folder / WEIGHTS}: cannot be read ({err})") from None
+    feature_dim = _feature_dim(weights)
+    decoder = build_decoder(
+        config["decoder"], len(vocab), feature_dim, pad_id=vocab.pad_id, **config.get("decoder_config", {})
+    )
+    try:
+        decoder.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise UserError(
+            f"{folder / WEIGHTS}: does not match a {config['decoder']} decoder ({str(err).splitlines()[0]})"
+        ) from None
+    return Captioner(config["encoder"], decoder.eval(), vocab, config, folder)
+
+
+def _feature_dim(weights: dict) -> int:
+    for key, tensor in weights.items():
+        if key.endswith("norm.weight") and key.split(".")[0] in ("image", "features"):
+            return int(tensor.shape[0])
+    raise UserError("decoder weights lack the image projection; not a capkit decoder")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return read_json(Path(path) / METRICS)

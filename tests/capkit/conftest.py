@@ -1,0 +1,39 @@
+"""Shared helpers for capkit tests: the real Flickr8k sample and tiny dataset layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sample_dir() -> Path:
+    base = Path(os.environ.get("ADAPT_SHARED_DATA") or REPO.parent / "shared" / "data")
+    return base / "flickr8k_sample"
+
+
+@pytest.fixture
+def flickr_sample() -> Path:
+    path = sample_dir()
+    if not (path / "captions.txt").is_file():
+        pytest.skip(f"real Flickr8k sample not found at {path} (set ADAPT_SHARED_DATA)")
+    return path
+
+
+def make_images(folder: Path, names: list[str], size=(40, 30)) -> None:
+    """Small generated JPEGs, each a different colour."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", size, ((40 * i) % 256, (90 * i) % 256, 200)).save(folder / name)
+
+
+CAPTIONS = {
+    "a.jpg": ["A dog runs on the grass .", "A brown dog is running"],
+    "b.jpg": ["Two children play in the water .", "Kids splash, laughing"],
+    "c.jpg": ["A man rides a bike .", "A cyclist on a road"],
+}
