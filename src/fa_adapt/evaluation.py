@@ -161,3 +161,96 @@ def is_improvement(key: str, change: float) -> bool | None:
     if higher is None or change == 0:
         return None
     return (change > 0) == higher
+
+
+def run_evaluation(
+    run: str,
+    data: str | Path,
+    prompts: Sequence[str] | None,
+    with_base: bool,
+    output: str | Path,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 4,
+    progress: Callable[[int, str], Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate `run` (a run folder or `base`) and, with `with_base`, its base model; write eval.json.
+
+    `progress(total, description)` may return `(context manager, advance)` for a progress bar.
+    The report holds `run`, `base` (with `with_base`), `change` (run − base), the answers and
+    the settings used.
+    """
+    from adapt.runio import write_json
+    from fa_adapt.data import load_conversations
+    from fa_adapt.generation import load_target
+
+    conversations, stats = load_conversations(data)
+    report: dict[str, Any] = {
+        "run_path": run,
+        "data": str(data),
+        "conversations": len(conversations),
+        "bad_rows": stats.bad_rows,
+        "prompts": list(prompts or []),
+        "max_new_tokens": max_new_tokens,
+    }
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for key, as_base in [("run", False)] + ([("base", True)] if with_base and run != "base" else []):
+        target = load_target(run, base=as_base)
+        total = len(conversations) + len(prompts or [])
+        bar, advance = progress(total, f"evaluating {key}") if progress else (None, None)
+        if bar is not None:
+            with bar:
+                result, got = _evaluate_target(
+                    target, conversations, prompts, max_new_tokens, batch_size, advance
+                )
+        else:
+            result, got = _evaluate_target(target, conversations, prompts, max_new_tokens, batch_size, None)
+        report[key] = result
+        if got:
+            answers[key] = [a.to_dict() for a in got]
+        del target
+    if run == "base" and with_base:
+        report["base"] = dict(report["run"])
+    if "base" in report:
+        report["change"] = changes(report["run"], report["base"])
+    report["answers"] = answers
+    write_json(output, report)
+    return report
+
+
+def _evaluate_target(target, conversations, prompts, max_new_tokens, batch_size, advance):
+    return evaluate(
+        target.model,
+        conversations,
+        prompts=prompts,
+        tokenizer=target.tokenizer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=advance,
+    )
+
+
+def report_table(report: dict[str, Any]) -> Any:
+    """A Rich table of an evaluation report: metric, run, base, change (green = better, red = worse)."""
+    from rich.table import Table
+
+    has_base = "base" in report
+    table = Table(title=f"evaluation of {report['run_path']} on {report['data']}")
+    table.add_column("metric")
+    table.add_column("run", justify="right")
+    if has_base:
+        table.add_column("base", justify="right")
+        table.add_column("change", justify="right")
+    for key in (*LOSS_KEYS, *GENERATION_KEYS):
+        if key not in report["run"]:
+            continue
+        row = [key, f"{report['run'][key]:.4f}"]
+        if has_base:
+            delta = report["change"].get(key)
+            good = is_improvement(key, delta) if delta is not None else None
+            colour = {True: "green", False: "red", None: "white"}[good]
+            row += [
+                f"{report['base'][key]:.4f}",
+                f"[{colour}]{delta:+.4f}[/{colour}]" if delta is not None else "",
+            ]
+        table.add_row(*row)
+    return table

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
@@ -284,3 +285,47 @@ def generate(
         top_p=top_p,
         stream=stream,
     )[0]
+
+
+BASE = "base"
+
+
+@dataclass
+class Target:
+    """A model ready to answer: what the CLI loads from `RUN` (a run folder, or `base`)."""
+
+    label: str
+    model: Any
+    tokenizer: Any
+    run: Any = None  # the loaded `fa_adapt.runs.Run`, when it came from a run folder
+
+
+def load_base(model_name: str | None = None, quantization: str = "nf4") -> Target:
+    """A base model (None = the embedded Gemma 3 270M) with the ChatML tokens added (untrained rows)."""
+    from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.loading import load_model, load_tokenizer
+
+    model = load_model(model_name, quantization=quantization, for_training=False)
+    tokenizer = load_tokenizer(model_name)
+    add_chatml_tokens(tokenizer, model)
+    model.eval()
+    model.config.use_cache = True
+    return Target(BASE, model, tokenizer)
+
+
+def load_target(spec: str, base: bool = False) -> Target:
+    """`spec` is a run folder or `base` (the default base model); `base=True` gives the run's base model."""
+    from fa_adapt.runs import load_run
+
+    if spec == BASE:
+        return load_base()
+    if base:
+        cfg_path = Path(spec) / "config.json"
+        if not cfg_path.is_file():
+            raise UserError(f"{spec}: not a run folder (no config.json from `adapt finetune`)")
+        from adapt.runio import read_json
+
+        cfg = read_json(cfg_path)
+        return load_base(cfg.get("model"), cfg.get("quantization", "nf4"))
+    run = load_run(spec)
+    return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)
