@@ -2,8 +2,154 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from adapt.cli import command
+
+
+def caption_train(
+    path: Annotated[Path, typer.Argument(help="Dataset folder: Flickr8k (Kaggle or original layout) or images + captions.csv.")],
+    decoder: Annotated[str, typer.Option(help="Decoder: lstm, attention or transformer.")] = "attention",
+    encoder: Annotated[str, typer.Option(help="Image encoder: efficientnet_lite0, efficientnet_b0, any torchvision model, or NAME=weights.pth.")] = "efficientnet_lite0",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 12,
+    batch_size: Annotated[int, typer.Option(help="Captions per batch (per process).")] = 64,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default depends on the decoder).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Run folder (default runs/caption-DECODER-TIME).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the stopped run in --output from its last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, batch order).")] = 0,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation loss.")] = 3,
+    min_count: Annotated[int, typer.Option(help="Keep words seen at least this often in training captions.")] = 3,
+    max_length: Annotated[int, typer.Option(help="Longest caption in words; longer ones are truncated.")] = 25,
+) -> None:
+    """Train a caption decoder on frozen encoder features; writes one run folder."""
+    import signal
+
+    from capkit.training import TrainConfig, train
+
+    # A SIGTERM (a scheduler stopping the job) is handled like Ctrl-C: checkpoint kept, resume hint printed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    cfg = TrainConfig(
+        data=str(path), decoder=decoder, encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
+        output=str(output) if output else None, seed=seed, patience=patience, min_count=min_count, max_length=max_length,
+    )
+    out = train(cfg, resume=resume)
+    typer.echo(str(out))
+
+
+def caption_data(
+    path: Annotated[Path, typer.Argument(help="Dataset folder (any layout caption-train accepts).")],
+    out: Annotated[Path, typer.Option(help="Folder for stats.json and the PNG figures.")] = Path("caption-data"),
+    seed: Annotated[int, typer.Option(help="Seed for the split and the random images shown.")] = 0,
+) -> None:
+    """Dataset statistics and figures: 5 random images with captions, caption lengths, frequent words."""
+    import json
+
+    from capkit.plots import caption_data_report
+
+    report = caption_data_report(path, out, seed)
+    typer.echo(json.dumps(report["stats"], indent=2))
+    for f in report["files"]:
+        typer.echo(f)
+
+
+def _decoding_for(model, strategy: str | None, beam_size: int | None, no_repeat_ngram: int | None, max_len: int | None = None):
+    """The model's preferred decoding with the flags the user gave laid over it."""
+    from dataclasses import replace
+
+    from adapt.runio import check_choice, check_positive
+    from capkit.captioning import preferred_decoding
+    from capkit.decoding import STRATEGIES
+
+    base = preferred_decoding(model)
+    if strategy is not None:
+        check_choice("--decoding", strategy, list(STRATEGIES))
+        if strategy != base.strategy:
+            base = replace(base, strategy=strategy, no_repeat_ngram=None)
+    check_positive("--beam-size", beam_size)
+    check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
+    check_positive("--max-len", max_len)
+    changes = {"beam_size": beam_size, "no_repeat_ngram": no_repeat_ngram, "max_len": max_len}
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def caption(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders of images, or glob patterns.", show_default=False)],
+    model: Annotated[str | None, typer.Option(help="Run folder of caption-train (default: the captioner shipped with capkit).")] = None,
+    decoding: Annotated[str | None, typer.Option(help="greedy, no-repeat or beam (default: what the model was validated with).")] = None,
+    beam_size: Annotated[int | None, typer.Option(help="Beams for --decoding beam.")] = None,
+    no_repeat_ngram: Annotated[int | None, typer.Option(help="Never repeat an n-gram of this size (0: off; no-repeat uses 1).")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Longest caption in words (default: the model's).")] = None,
+    attention_map: Annotated[Path | None, typer.Option(help="Draw per-word attention to this PNG (attention decoder; one file per image when several).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of {image, caption}.")] = False,
+) -> None:
+    """Caption images: one line per image (just the caption when there is one image)."""
+    import json
+
+    from capkit.captioning import caption_images, draw_attention_map, expand_images, load_model
+
+    paths = expand_images(images)
+    loaded = load_model(model)
+    results = caption_images(loaded, paths, _decoding_for(loaded, decoding, beam_size, no_repeat_ngram, max_len))
+    if attention_map is not None:
+        for r in results:
+            target = attention_map if len(results) == 1 else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
+            typer.echo(f"attention map: {draw_attention_map(loaded, r.image, r.caption, target)}", err=True)
+    if json_output:
+        typer.echo(json.dumps([{"image": str(r.image), "caption": r.caption} for r in results], indent=2))
+    elif len(results) == 1:
+        typer.echo(results[0].caption)
+    else:
+        for r in results:
+            typer.echo(f"{r.image}\t{r.caption}")
+
+
+def caption_eval(
+    items: Annotated[list[str], typer.Argument(help="RUN [RUN...] PATH: run folders, `default` or `knn`, then the dataset folder.", show_default=False)],
+    split: Annotated[str, typer.Option(help="Split to evaluate on: train, val or test.")] = "val",
+    decoding: Annotated[list[str] | None, typer.Option(help="greedy, no-repeat or beam; repeat to compare several (default greedy).")] = None,
+    beam_size: Annotated[int, typer.Option(help="Beams for --decoding beam.")] = 3,
+    no_repeat_ngram: Annotated[int | None, typer.Option(help="Ban repeated n-grams of this size (0: off; no-repeat uses 1).")] = None,
+    length_penalty: Annotated[float, typer.Option(help="Beam: rank finished captions by log-prob / length**this.")] = 1.0,
+    out: Annotated[Path, typer.Option(help="Folder for comparison.json, summary.md and one eval.json + predictions.png per model.")] = Path("caption-eval"),
+    limit: Annotated[int | None, typer.Option(help="Only the first N images of the split.")] = None,
+    meteor: Annotated[bool, typer.Option(help="Compute METEOR (starts Java; ~20 s).")] = True,
+) -> None:
+    """Score captioners on a dataset split (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) and compare them in one table."""
+    from rich.console import Console
+
+    from adapt.errors import UserError
+    from adapt.runio import check_choice, check_positive
+    from capkit.captioning import Decoding
+    from capkit.decoding import STRATEGIES
+    from capkit.evaluation import compare, results_table
+
+    if len(items) < 2:
+        raise UserError("caption-eval needs at least one RUN (a run folder, `default` or `knn`) and then the dataset PATH")
+    *models, dataset = items
+    check_positive("--beam-size", beam_size)
+    check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
+    check_positive("--limit", limit)
+    for name in decoding or []:
+        check_choice("--decoding", name, list(STRATEGIES))
+    decodings = [
+        Decoding(strategy=name, beam_size=beam_size, no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+        for name in dict.fromkeys(decoding or ["greedy"])
+    ]
+    results = compare(models, dataset, split=split, decodings=decodings, out=out, limit=limit, meteor=meteor)
+    console = Console()
+    # Piped output defaults to 80 columns, too narrow for ten columns of scores.
+    (console if console.is_terminal else Console(width=140)).print(results_table(results))
+    for note in sorted({n for r in results for n in r["notes"]}):
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"written: {out}/comparison.json, {out}/summary.md", err=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root `adapt` app."""
+    command(app, caption_train, name="caption-train", help="Train an image captioner (lstm / attention / transformer decoder).")
+    command(app, caption_data, name="caption-data", help="Statistics and plots of a captioning dataset.")
+    command(app, caption, name="caption", help="Caption images (default: the captioner shipped with capkit).")
+    command(app, caption_eval, name="caption-eval", help="Evaluate and compare captioners (runs, default, knn) on a dataset split.")

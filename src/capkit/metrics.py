@@ -142,15 +142,28 @@ def compute_metrics(
     }
 
 
-def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
-    from pycocoevalcap.meteor.meteor import Meteor
+_meteor_scorer = None
 
-    scorer = Meteor()
-    try:
-        return scorer.compute_score(gts, res)[0]
-    finally:
-        # pycocoevalcap closes its Java process only in __del__; close it now, deterministically.
-        with scorer.lock:
-            scorer.meteor_p.stdin.close()
-            scorer.meteor_p.kill()
-            scorer.meteor_p.wait()  # (its __del__ repeating this later is harmless)
+
+def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    """METEOR 1.5 through one Java process per Python process (its start-up takes ~20 s)."""
+    global _meteor_scorer
+    if _meteor_scorer is None:
+        import atexit
+
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _meteor_scorer = Meteor()
+        atexit.register(_close_meteor)
+    return _meteor_scorer.compute_score(gts, res)[0]
+
+
+def _close_meteor() -> None:
+    global _meteor_scorer
+    if _meteor_scorer is not None:
+        # pycocoevalcap closes its Java process only in __del__; close it deterministically.
+        with _meteor_scorer.lock:
+            _meteor_scorer.meteor_p.stdin.close()
+            _meteor_scorer.meteor_p.kill()
+            _meteor_scorer.meteor_p.wait()
+        _meteor_scorer = None
