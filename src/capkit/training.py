@@ -229,6 +229,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = {k: checkpoint[k] for k in state}
         state["history"] = [dict(h) for h in state["history"]]
+        # A larger --epochs on resume extends a run that had reached its old limit.
+        state["finished"] = state["bad_epochs"] >= cfg.patience
         log(f"resuming {out} after epoch {state['epoch']}")
     model, optimizer = accelerator.prepare(_TrainingLoss(decoder), optimizer)
     device = accelerator.device
@@ -275,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     accelerator.backward(loss)
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                     advance(1)
             train_loss = float(
                 accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=device), "mean")

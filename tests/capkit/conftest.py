@@ -23,7 +23,7 @@ def flickr_sample() -> Path:
     return path
 
 
-def make_images(folder: Path, names: list[str], size=(40, 30)) -> None:
+def _make_images(folder: Path, names: list[str], size=(40, 30)) -> None:
     """Small generated JPEGs, each a different colour."""
     from PIL import Image
 
@@ -37,3 +37,14 @@ CAPTIONS = {
     "b.jpg": ["Two children play in the water .", "Kids splash, laughing"],
     "c.jpg": ["A man rides a bike .", "A cyclist on a road"],
 }
+
+
+@pytest.fixture
+def make_images():
+    """`make_images(folder, names, size=(40, 30))`: write small generated JPEGs."""
+    return _make_images
+
+
+@pytest.fixture
+def captions() -> dict[str, list[str]]:
+    return {k: list(v) for k, v in CAPTIONS.items()}

@@ -1,0 +1,149 @@
+"""Training end to end on a tiny generated dataset: run folder, load_captioner, resume, bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import capkit
+from adapt.errors import UserError
+from capkit.training import TrainConfig, train
+
+WORDS = ["red square on a table", "blue circle in the sky", "green field with grass", "a yellow sun shines"]
+
+
+@pytest.fixture
+def tiny_data(tmp_path, make_images):
+    names = [f"{i:02d}.jpg" for i in range(12)]
+    make_images(tmp_path / "data", names, size=(48, 48))
+    rows = [f"{n},{WORDS[i % 4]}\n{n},the {WORDS[i % 4]}\n" for i, n in enumerate(names)]
+    (tmp_path / "data" / "captions.csv").write_text("image,caption\n" + "".join(rows))
+    return tmp_path / "data"
+
+
+def _cfg(data, out, **kw):
+    kw = {"epochs": 3, "batch_size": 8, "min_count": 1, **kw}
+    return TrainConfig(data=str(data), output=str(out), cache_dir=str(out.parent / "cache"), **kw)
+
+
+def test_train_writes_a_run_folder_that_loads_back(tiny_data, tmp_path):
+    out = train(
+        _cfg(tiny_data, tmp_path / "run", decoder="lstm", decoder_config={"embed_dim": 16, "hidden_dim": 16})
+    )
+    for name in (
+        "decoder.safetensors",
+        "word_to_id.json",
+        "config.json",
+        "metrics.json",
+        "loss.png",
+        "samples.png",
+        "summary.md",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert metrics["best_val_loss"] < metrics["initial_val_loss"]
+    assert len(metrics["samples"]) >= 1 and metrics["data"]["corrupt_images"] == 0
+    captioner = capkit.load_captioner(out)
+    assert captioner.encoder_name == "efficientnet_lite0" and not captioner.decoder.training
+    assert len(captioner.vocab) == metrics["data"]["vocab_size"]
+    assert captioner.encoder.feature_dim == 1280
+
+
+def test_resume_reaches_the_same_final_state(tiny_data, tmp_path):
+    tiny = {"width": 16, "heads": 2, "decoder_layers": 1}
+    full = train(_cfg(tiny_data, tmp_path / "full", decoder="transformer", decoder_config=tiny, epochs=2))
+    part = train(_cfg(tiny_data, tmp_path / "part", decoder="transformer", decoder_config=tiny, epochs=1))
+    with pytest.raises(UserError, match="already holds files"):
+        train(_cfg(tiny_data, part, decoder="transformer", epochs=3))
+    with pytest.raises(UserError, match="decoder='transformer', not 'lstm'"):
+        train(_cfg(tiny_data, part, decoder="lstm", epochs=3), resume=True)
+    train(_cfg(tiny_data, part, decoder="transformer", epochs=2), resume=True)
+    a, b = (json.loads((p / "metrics.json").read_text())["history"] for p in (full, part))
+    assert [(h["epoch"], h["train_loss"], h["val_loss"]) for h in a] == [
+        (h["epoch"], h["train_loss"], h["val_loss"]) for h in b
+    ]
+
+
+def test_corrupt_image_is_skipped_and_counted(tiny_data, tmp_path):
+    (tiny_data / "03.jpg").write_bytes(b"garbage")
+    out = train(
+        _cfg(
+            tiny_data,
+            tmp_path / "run",
+            decoder="attention",
+            epochs=1,
+            decoder_config={"embed_dim": 8, "hidden_dim": 8, "attention_dim": 8, "context_dim": 8},
+        )
+    )
+    assert json.loads((out / "metrics.json").read_text())["data"]["corrupt_images"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"decoder": "gru"}, "--decoder: unknown value 'gru'"),
+        ({"batch_size": 0}, "--batch-size must be greater than 0"),
+        ({"epochs": -1}, "--epochs"),
+    ],
+)
+def test_bad_flags(tiny_data, tmp_path, kw, message):
+    with pytest.raises(UserError, match=message):
+        train(_cfg(tiny_data, tmp_path / "run", **kw))
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(UserError, match="not a capkit run folder"):
+        capkit.load_captioner(tmp_path)
+    with pytest.raises(UserError, match="--resume"):
+        train(TrainConfig(data=str(tmp_path), output=str(tmp_path / "x")), resume=True)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_run_folder(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "CAPKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "adapt",
+        "caption-train",
+        str(tiny_data),
+        "--decoder",
+        "lstm",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--min-count",
+        "1",
+        "--output",
+        str(out),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(str(out)) == 2  # both ranks finish and name the same folder
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in metrics["history"])
+    assert len(metrics["history"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "checkpoint.pt",
+            "config.json",
+            "decoder.safetensors",
+            "loss.png",
+            "metrics.json",
+            "samples.png",
+            "summary.md",
+            "word_to_id.json",
+        ]
+    )
