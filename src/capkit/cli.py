@@ -91,6 +91,12 @@ def caption(
     from capkit.captioning import caption_images, draw_attention_map, expand_images, load_model
 
     paths = expand_images(images)
+    if len(paths) <= 8:
+        import torch
+
+        # A few images are little work: a second intra-op thread mostly spins, and on a busy
+        # machine it makes one caption take seconds instead of a fraction of one.
+        torch.set_num_threads(1)
     loaded = load_model(model)
     results = caption_images(loaded, paths, _decoding_for(loaded, decoding, beam_size, no_repeat_ngram, max_len))
     if attention_map is not None:
