@@ -18,10 +18,22 @@ def register(app: typer.Typer) -> None:
         name="finetune",
         help="Fine-tune a 4-bit Gemma on Persian chat data (prompt / lora / freeze).",
     )
-    command(app, generate_command, name="generate", help="Answer one prompt with a run or the base model (streams).")
+    command(
+        app,
+        generate_command,
+        name="generate",
+        help="Answer one prompt with a run or the base model (streams).",
+    )
     command(app, chat_command, name="chat", help="Interactive multi-turn chat with a run or the base model.")
-    command(app, compare_command, name="compare", help="Base model and runs side by side on the same prompts.")
-    command(app, evaluate_command, name="evaluate", help="Held-out loss/perplexity and answer metrics, vs the base.")
+    command(
+        app, compare_command, name="compare", help="Base model and runs side by side on the same prompts."
+    )
+    command(
+        app,
+        evaluate_command,
+        name="evaluate",
+        help="Held-out loss/perplexity and answer metrics, vs the base.",
+    )
 
 
 def _load_yaml(path: Path) -> dict:
@@ -144,15 +156,14 @@ def generate_command(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 200,
-    no_repeat_ngram: Annotated[
-        int, typer.Option(help="Never repeat an n-gram of the answer (0 = off).")
-    ] = 3,
+    no_repeat_ngram: Annotated[int, typer.Option(help="Never repeat an n-gram of the answer (0 = off).")] = 3,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
     base: Annotated[bool, typer.Option("--base", help="Answer with the run's base model instead.")] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help='Print {"prompt","answer","stopped","tokens"} instead of streaming.')
+        bool,
+        typer.Option("--json", help='Print {"prompt","answer","stopped","tokens"} instead of streaming.'),
     ] = False,
 ) -> None:
     """Answer one prompt; the answer streams to stdout (logs go to stderr)."""
@@ -188,7 +199,9 @@ def generate_command(
     else:
         sys.stdout.write("\n")
         why = "stopped at <|im_end|>" if answer.stopped else f"hit --max-new-tokens {max_new_tokens}"
-        err.print(f"[dim]{answer.tokens} tokens, {why}, {answer.tokens / max(answer.seconds, 1e-9):.1f} tokens/s[/dim]")
+        err.print(
+            f"[dim]{answer.tokens} tokens, {why}, {answer.tokens / max(answer.seconds, 1e-9):.1f} tokens/s[/dim]"
+        )
 
 
 def chat_command(
@@ -201,7 +214,9 @@ def chat_command(
     base: Annotated[bool, typer.Option("--base", help="Chat with the run's base model instead.")] = False,
     rtl: Annotated[
         str,
-        typer.Option(help="Right-to-left display: terminal (it does bidi itself), visual (reorder here), off."),
+        typer.Option(
+            help="Right-to-left display: terminal (it does bidi itself), visual (reorder here), off."
+        ),
     ] = "terminal",
 ) -> None:
     """Interactive multi-turn chat (history kept; /reset clears it, /exit quits)."""
@@ -229,9 +244,9 @@ def compare_command(
     prompts: Annotated[
         Path | None, typer.Option(help="Prompts, one per line (default: the source's six Persian prompts).")
     ] = None,
-    output: Annotated[Path, typer.Option(help="Folder for compare.md, compare.json, loss_compare.png.")] = Path(
-        "compare"
-    ),
+    output: Annotated[
+        Path, typer.Option(help="Folder for compare.md, compare.json, loss_compare.png.")
+    ] = Path("compare"),
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padding).")] = 6,
 ) -> None:
@@ -248,8 +263,13 @@ def compare_command(
     progress, advance = _progress(len(prompt_list) * n_models, "answering")
     with progress:
         table, written = compare(
-            run_list, prompt_list, output, with_base=base, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, on_batch=advance,
+            run_list,
+            prompt_list,
+            output,
+            with_base=base,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            on_batch=advance,
         )
     out = Console()
     answers = Table(title="Answers", show_lines=True)
@@ -264,7 +284,9 @@ def compare_command(
         for col in ("method", "run", "trainable", "%"):
             params.add_column(col, justify="left" if col in ("method", "run") else "right")
         for f in (run_facts(r) for r in run_list):
-            params.add_row(f["method"], f["run"], f"{f['trainable_params'] or 0:,}", f"{f['trainable_percent'] or 0:.4f}")
+            params.add_row(
+                f["method"], f["run"], f"{f['trainable_params'] or 0:,}", f"{f['trainable_percent'] or 0:.4f}"
+            )
         out.print(params)
     for path in written:
         typer.echo(str(path), err=True)
@@ -275,12 +297,20 @@ def evaluate_command(
     data: Annotated[
         Path | None, typer.Option(help="Held-out conversations (default: the packaged 40 Persian ones).")
     ] = None,
-    prompts: Annotated[Path | None, typer.Option(help="Prompts to answer, one per line (adds answer metrics).")] = None,
-    base: Annotated[bool, typer.Option("--base", help="Also measure the base model; report changes against it.")] = False,
-    output: Annotated[Path | None, typer.Option(help="eval.json path (default RUN/eval.json, or ./eval.json).")] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompts to answer, one per line (adds answer metrics).")
+    ] = None,
+    base: Annotated[
+        bool, typer.Option("--base", help="Also measure the base model; report changes against it.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="eval.json path (default RUN/eval.json, or ./eval.json).")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Rows scored / prompts generated together.")] = 4,
-    json_out: Annotated[bool, typer.Option("--json", help='Print {"run": {...}, "base": {...}} to stdout.')] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help='Print {"run": {...}, "base": {...}} to stdout.')
+    ] = False,
 ) -> None:
     """Held-out loss/perplexity on assistant tokens, and answer metrics on --prompts; eval.json."""
     import json
@@ -293,11 +323,19 @@ def evaluate_command(
     prompt_list = read_prompts(prompts) if prompts else None
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))
     report = run_evaluation(
-        run, data_path, prompt_list, with_base=base, output=target_out, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=_progress,
+        run,
+        data_path,
+        prompt_list,
+        with_base=base,
+        output=target_out,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=_progress,
     )
     if json_out:
-        typer.echo(json.dumps({k: report[k] for k in ("run", "base") if k in report}, ensure_ascii=False, indent=2))
+        typer.echo(
+            json.dumps({k: report[k] for k in ("run", "base") if k in report}, ensure_ascii=False, indent=2)
+        )
     else:
         from rich.console import Console
 

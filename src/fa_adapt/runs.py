@@ -67,7 +67,9 @@ def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metric
         with atomic_path(out / LAYERS_FILE) as tmp:
             save_file(tensors, str(tmp))
     if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
-        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        # the resized embedding is rebuilt at load time (add_chatml_tokens is deterministic) and the
+        # trained ChatML rows are in the adapter's token deltas: never copy the 262k-row matrix
+        model.save_pretrained(str(out / "adapter"), safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(str(out))
     write_json(out / "metrics.json", metrics)
     plot_curves(

@@ -43,7 +43,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "resume": False,
 }
 # default-run budgets measured on a 2-core CPU (see docs/fa_adapt.md): each finishes within 10 minutes
-DEFAULT_MAX_STEPS = {"lora": 60, "prompt": 60, "freeze": 60}
+DEFAULT_MAX_STEPS = {"lora": 12, "prompt": 12, "freeze": 12}
 
 
 def resolve_config(**overrides: Any) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def finetune(**settings: Any) -> Path:
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
     max_steps = int(cfg["max_steps"]) if cfg["max_steps"] else -1
     total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * cfg["epochs"])
-    eval_steps = cfg["eval_steps"] or max(1, total_steps // 6)
+    eval_steps = cfg["eval_steps"] or max(1, total_steps // 2)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg["batch_size"],
