@@ -95,8 +95,8 @@ def _repeated_trigrams(ids):
 def test_no_repeat_ngram_blocks_repeated_trigrams_in_the_answer(base, variants):
     _, tok = base
     for model in variants.values():
-        free = generate(model, PROMPTS[1], tokenizer=tok, max_new_tokens=30, no_repeat_ngram=0)
-        ruled = generate(model, PROMPTS[1], tokenizer=tok, max_new_tokens=30)
+        free = generate(model, PROMPTS[1], tokenizer=tok, max_new_tokens=16, no_repeat_ngram=0)
+        ruled = generate(model, PROMPTS[1], tokenizer=tok, max_new_tokens=16)
         # the random models repeat themselves without the rule
         assert _repeated_trigrams(free.token_ids) > 0
         assert _repeated_trigrams(ruled.token_ids) == 0
