@@ -50,7 +50,10 @@ BAD_ROWS = [
     ("{not json", "malformed JSON"),
     (json.dumps({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}), "role: missing"),
     (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}), "unknown role"),
-    (json.dumps({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "y"}]}), "empty"),
+    (
+        json.dumps({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "y"}]}),
+        "empty",
+    ),
     (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}), "no assistant turn"),
     (json.dumps({"text": "hello"}), "found text"),
 ]
