@@ -15,7 +15,7 @@ def sample_dir() -> Path:
     return base / "flickr8k_sample"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def flickr_sample() -> Path:
     path = sample_dir()
     if not (path / "captions.txt").is_file():
