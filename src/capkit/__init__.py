@@ -1,16 +1,31 @@
 """capkit: image captioning with pluggable frozen CNN encoders and three decoders.
 
-Importing capkit is cheap: torch is imported only when a model is used (`load_captioner`).
+Importing capkit is cheap: torch is imported only when a public entry point is used
+(module `__getattr__`).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from adapt import __version__
 
-__all__ = ["__version__", "load_captioner"]
+_LAZY = {
+    "load_captioner": ("capkit.runs", "load_captioner"),
+    "load_dataset": ("capkit.data", "load_dataset"),
+    "train": ("capkit.training", "train"),
+    "TrainConfig": ("capkit.training", "TrainConfig"),
+    "caption_images": ("capkit.captioning", "caption_images"),
+    "evaluate": ("capkit.evaluation", "evaluate"),
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name == "load_captioner":
-        from capkit.runs import load_captioner
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-        return load_captioner
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'capkit' has no attribute {name!r}")

@@ -16,6 +16,10 @@ _LAZY = {
     "Run": ("fa_adapt.runs", "Run"),
     "load_model": ("fa_adapt.loading", "load_model"),
     "load_tokenizer": ("fa_adapt.loading", "load_tokenizer"),
+    "generate": ("fa_adapt.generation", "generate"),
+    "generate_batch": ("fa_adapt.generation", "generate_batch"),
+    "evaluate": ("fa_adapt.evaluation", "evaluate"),
+    "compare": ("fa_adapt.compare", "compare"),
 }
 
 __all__ = ["__version__", *_LAZY]
