@@ -48,3 +48,14 @@ def make_images():
 @pytest.fixture
 def captions() -> dict[str, list[str]]:
     return {k: list(v) for k, v in CAPTIONS.items()}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a 2-core machine: extra intra-op threads only spin and wait (up to 50x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

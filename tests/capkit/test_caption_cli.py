@@ -27,21 +27,14 @@ from capkit.captioning import (
 from capkit.decoders import build_decoder
 from capkit.vocab import Vocab
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORDS = ["a", "dog", "runs", "on", "the", "grass", "man", "rides", "bike", "two", "children", "play"]
 SMALL = {
     "lstm": {"embed_dim": 16, "hidden_dim": 24},
     "attention": {"embed_dim": 16, "hidden_dim": 24, "attention_dim": 16, "context_dim": 24},
     "transformer": {"width": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin and wait (50x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_run(folder: Path, decoder: str = "attention", seed: int = 0) -> Path:

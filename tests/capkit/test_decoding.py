@@ -10,19 +10,12 @@ from torch import nn
 from adapt.errors import UserError
 from capkit.decoding import STRATEGIES, _banned_next, attention_weights, decode
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, START, END, UNK = 0, 1, 2, 3
 IDS = SimpleNamespace(pad_id=PAD, start_id=START, end_id=END, unk_id=UNK)
 A, B, C, D = 4, 5, 6, 7
 V = 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin and wait (50x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TableDecoder(nn.Module):

@@ -7,21 +7,14 @@ from capkit.decoders import DECODERS, build_decoder
 from capkit.decoding import STRATEGIES, attention_weights, decode
 from capkit.vocab import Vocab
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = Vocab(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(20)]])
 SMALL = {
     "lstm": {"embed_dim": 16, "hidden_dim": 24},
     "attention": {"embed_dim": 16, "hidden_dim": 24, "attention_dim": 16, "context_dim": 24},
     "transformer": {"width": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin and wait (50x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(name: str):

@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from adapt.cli import app
 from capkit.evaluation import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The tiny run-folder and photo helpers live beside this file (tests import in importlib mode).
 _spec = importlib.util.spec_from_file_location(
@@ -26,14 +27,6 @@ CAPTIONS = [
     "A brown dog is running",
     "Kids splash in a pool",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_dataset(root: Path) -> Path:
