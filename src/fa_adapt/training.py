@@ -200,7 +200,13 @@ def finetune(**settings: Any) -> Path:
             f"Resume with: adapt finetune --config {out / 'config.json'} --resume"
         )
     wall = time.time() - started
-    final_eval = trainer.evaluate()["eval_loss"]
+    # an evaluation costs as much as several training steps on a CPU: reuse the one Trainer just
+    # ran at the final step rather than repeating it
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        final_eval = last_eval["eval_loss"]
+    else:
+        final_eval = trainer.evaluate()["eval_loss"]
     if not trainer.is_world_process_zero():
         return out
     counts = strategies.count_parameters(model)
