@@ -20,6 +20,7 @@ from adapt.errors import UserError
 from adapt.runio import atomic_path, check_choice, check_positive
 from capkit.data import load_dataset
 from capkit.decoders import DECODERS, Decoder, build_decoder
+from capkit.decoding import decode
 from capkit.vocab import Vocab
 
 CHECKPOINT = "checkpoint.pt"
@@ -76,32 +77,12 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     return batch
 
 
-@torch.no_grad()
 def greedy_captions(
     decoder: Decoder, pooled: torch.Tensor, grid: torch.Tensor, vocab: Vocab, max_length: int = 25
 ) -> list[str]:
-    """Plain greedy decoding through `init_state`/`step` (used for the validation samples)."""
-    try:  # the full decoding module (greedy / no-repeat / beam), when it is installed
-        from capkit.decoding import decode
-
-        return decode(decoder, pooled, grid, vocab, strategy="greedy", max_length=max_length)
-    except (ImportError, TypeError):
-        pass
-    state = decoder.init_state(pooled, grid)
-    tokens = torch.full((pooled.shape[0],), vocab.start_id, dtype=torch.long, device=pooled.device)
-    out = [[] for _ in range(pooled.shape[0])]
-    done = torch.zeros(pooled.shape[0], dtype=torch.bool, device=pooled.device)
-    for _ in range(max_length + 1):
-        logits, state = decoder.step(tokens, state)
-        logits[:, [vocab.pad_id, vocab.start_id]] = -math.inf
-        tokens = logits.argmax(-1)
-        for i, t in enumerate(tokens.tolist()):
-            if not done[i]:
-                out[i].append(t)
-        done |= tokens == vocab.end_id
-        if bool(done.all()):
-            break
-    return [vocab.decode(ids) for ids in out]
+    """Greedy captions for the validation samples drawn into `samples.png`."""
+    ids = decode(decoder, pooled, grid, vocab, strategy="greedy", max_len=max_length + 1)
+    return [vocab.decode(caption) for caption in ids]
 
 
 class _Examples:
