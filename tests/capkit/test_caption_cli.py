@@ -181,3 +181,32 @@ def test_default_captioner_on_a_real_photo(flickr_sample):
     assert 3 <= len(words) <= 25 and set(words) <= vocab - {"<pad>", "<start>", "<end>", "<unk>"}
     print(f"adapt caption {photo.name}: {out.stdout.strip()!r} in {seconds:.2f} s")
     assert seconds < 15  # ~2 s on an idle 2-core machine; generous for a loaded CI runner
+
+
+# Each costs from a tenth of a second (sacrebleu) to five seconds (torch._dynamo, which a
+# meta-device `normal_` pulls in) on this machine; `adapt caption` needs none of them.
+HEAVY = (
+    "matplotlib",
+    "sacrebleu",
+    "pycocoevalcap",
+    "accelerate",
+    "transformers",
+    "torchvision",
+    "torch._dynamo",
+)
+
+
+def test_caption_command_imports_nothing_heavy(attention_run, tmp_path):
+    [photo] = make_photos(tmp_path, 1)
+    script = (
+        "import json, sys\n"
+        "from adapt.cli import app\n"
+        "try:\n"
+        f"    app(['caption', {str(photo)!r}, '--model', {str(attention_run)!r}])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
