@@ -114,6 +114,25 @@ def report(name: str, title: str, rows: list[dict[str, Any]], meta: dict[str, An
     return target
 
 
+def shared_data() -> Path:
+    """The shared data folder: `$ADAPT_SHARED_DATA`, else `shared/data` beside the repository."""
+    repo_root = Path(__file__).resolve().parents[1]
+    return Path(os.environ.get("ADAPT_SHARED_DATA") or repo_root.parent / "shared" / "data")
+
+
+def require_device(device: str) -> None:
+    """Exit with a one-line message (code 2) when `device` names a GPU this machine does not have."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"error: --device {device}: no CUDA GPU is visible to torch here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); run with --device cpu",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
