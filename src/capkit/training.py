@@ -9,6 +9,7 @@ Only the main process writes files.
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -292,31 +293,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             if main:
                 _save_checkpoint(ckpt_path, cfg, vocab, decoder, optimizer, best_state, state)
             accelerator.wait_for_everyone()
+        if main:
+            decoder.load_state_dict(best_state)
+            decoder.eval()
+            val_rows = sorted({val_set.rows[i] for i in range(len(val_set))})
+            rows_to_record = {row_of[r.image]: r for r in val_records if r.image in row_of}
+            sample_rows = val_rows[:: max(1, len(val_rows) // 5)][:5]
+            pooled, grid = (
+                feats["pooled"][sample_rows].to(device),
+                feats["grid"][sample_rows].to(device, torch.float32),
+            )
+            generated = greedy_captions(decoder, pooled, grid, vocab, cfg.max_length)
+            samples = [
+                {
+                    "image": str(rows_to_record[r].image),
+                    "generated": c,
+                    "references": rows_to_record[r].captions,
+                }
+                for r, c in zip(sample_rows, generated, strict=True)
+            ]
+            runs.save_run(out, cfg, vocab, decoder, state, data_counts, samples)
     except KeyboardInterrupt:
         if main:
-            done = state["epoch"]
-            log(
-                f"[yellow]stopped; the checkpoint after epoch {done} is in {ckpt_path}.[/] Resume with:\n"
-                f"  adapt caption-train {cfg.data} --decoder {cfg.decoder} --encoder {cfg.encoder} --output {out} --resume"
-            )
+            _report_interrupt(ckpt_path, cfg)
         raise
-
-    if main:
-        decoder.load_state_dict(best_state)
-        decoder.eval()
-        val_rows = sorted({val_set.rows[i] for i in range(len(val_set))})
-        rows_to_record = {row_of[r.image]: r for r in val_records if r.image in row_of}
-        sample_rows = val_rows[:: max(1, len(val_rows) // 5)][:5]
-        pooled, grid = (
-            feats["pooled"][sample_rows].to(device),
-            feats["grid"][sample_rows].to(device, torch.float32),
-        )
-        generated = greedy_captions(decoder, pooled, grid, vocab, cfg.max_length)
-        samples = [
-            {"image": str(rows_to_record[r].image), "generated": c, "references": rows_to_record[r].captions}
-            for r, c in zip(sample_rows, generated, strict=True)
-        ]
-        runs.save_run(out, cfg, vocab, decoder, state, data_counts, samples)
     accelerator.wait_for_everyone()
     return out
 
@@ -330,6 +330,39 @@ class _TrainingLoss(torch.nn.Module):
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         return self.decoder.loss(pooled, grid, captions)["loss"]
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The `adapt caption-train ... --resume` line that continues this run with its own settings.
+
+    Every flag that differs from its default is repeated: resume refuses a different decoder,
+    encoder, vocabulary or seed, and a different batch size or learning rate would change the result.
+    """
+    defaults = TrainConfig(data=cfg.data, decoder=cfg.decoder)
+    defaults.lr = DEFAULT_LR.get(cfg.decoder)
+    args = ["adapt", "caption-train", cfg.data, "--decoder", cfg.decoder]
+    for name in ("encoder", "epochs", "batch_size", "lr", "seed", "patience", "min_count", "max_length"):
+        if getattr(cfg, name) != getattr(defaults, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    return shlex.join([*args, "--output", str(cfg.output), "--resume"])
+
+
+def _report_interrupt(ckpt_path: Path, cfg: TrainConfig) -> None:
+    """Ctrl-C / SIGTERM: say what was kept and print the exact command that continues the run."""
+    from capkit import runs
+
+    # Plain, unwrapped lines: paths and the command must survive copying whatever the terminal's width.
+    def say(text: str) -> None:
+        runs.console().print(text, markup=False, highlight=False, soft_wrap=True)
+
+    if not ckpt_path.is_file():
+        say(
+            f"stopped before the first epoch ended; nothing to resume in {cfg.output} (run the command again)"
+        )
+        return
+    epoch = torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"]
+    say(f"stopped; the checkpoint after epoch {epoch} is kept in {ckpt_path}. Resume with:")
+    say(f"  {resume_command(cfg)}")
 
 
 def _save_checkpoint(

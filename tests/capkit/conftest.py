@@ -45,6 +45,24 @@ def make_images():
     return _make_images
 
 
+TINY_WORDS = [
+    "red square on a table",
+    "blue circle in the sky",
+    "green field with grass",
+    "a yellow sun shines",
+]
+
+
+@pytest.fixture
+def tiny_data(tmp_path, make_images) -> Path:
+    """12 generated 48x48 JPEGs with two captions each in `captions.csv` (seeded split: 10/1/1)."""
+    names = [f"{i:02d}.jpg" for i in range(12)]
+    make_images(tmp_path / "data", names, size=(48, 48))
+    rows = [f"{n},{TINY_WORDS[i % 4]}\n{n},the {TINY_WORDS[i % 4]}\n" for i, n in enumerate(names)]
+    (tmp_path / "data" / "captions.csv").write_text("image,caption\n" + "".join(rows))
+    return tmp_path / "data"
+
+
 @pytest.fixture
 def captions() -> dict[str, list[str]]:
     return {k: list(v) for k, v in CAPTIONS.items()}

@@ -12,17 +12,6 @@ import capkit
 from adapt.errors import UserError
 from capkit.training import TrainConfig, train
 
-WORDS = ["red square on a table", "blue circle in the sky", "green field with grass", "a yellow sun shines"]
-
-
-@pytest.fixture
-def tiny_data(tmp_path, make_images):
-    names = [f"{i:02d}.jpg" for i in range(12)]
-    make_images(tmp_path / "data", names, size=(48, 48))
-    rows = [f"{n},{WORDS[i % 4]}\n{n},the {WORDS[i % 4]}\n" for i, n in enumerate(names)]
-    (tmp_path / "data" / "captions.csv").write_text("image,caption\n" + "".join(rows))
-    return tmp_path / "data"
-
 
 def _cfg(data, out, **kw):
     kw = {"epochs": 3, "batch_size": 8, "min_count": 1, **kw}
