@@ -2,8 +2,10 @@
 
 One small safetensors file per image, under `<cache>/features/<encoder + preprocessing>/`, named by
 a hash of the image's absolute path, size and modification time: a changed image gets new
-features, a different encoder or preprocessing gets its own folder. Files are written atomically
-and a file that cannot be read back (a damaged cache) is recomputed, never trusted.
+features, a different encoder or preprocessing gets its own folder. Files are written atomically, and a
+file is used only if it reads back with the expected names, dtypes and shapes and the SHA-256 of
+its tensors matches the one stored in its header: a truncated, garbled or half-deleted cache is
+recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -31,17 +33,40 @@ def _image_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
 
+def _digest(pooled: torch.Tensor, grid: torch.Tensor) -> str:
+    h = hashlib.sha256(pooled.contiguous().numpy().tobytes())
+    h.update(grid.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_cached(file: Path, pooled: torch.Tensor, grid: torch.Tensor) -> None:
+    """pooled float32 (D,), grid float16 (H*W, D), and their SHA-256 in the header; atomic."""
+    from safetensors.torch import save_file
+
+    pooled, grid = pooled.float().contiguous(), grid.half().contiguous()
+    with atomic_path(file) as tmp:
+        save_file({"pooled": pooled, "grid": grid}, str(tmp), metadata={"sha256": _digest(pooled, grid)})
+
+
 def _read_cached(file: Path, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor] | None:
-    from safetensors.torch import load_file
+    """The cached features, or None when the file is missing or fails any check."""
+    from safetensors import safe_open
 
     if not file.is_file():
         return None
     try:
-        tensors = load_file(file)
-        pooled, grid = tensors["pooled"], tensors["grid"]
+        with safe_open(str(file), framework="pt") as fh:
+            expected = (fh.metadata() or {}).get("sha256")
+            pooled, grid = fh.get_tensor("pooled"), fh.get_tensor("grid")
     except Exception:  # any damage (truncated, garbage, missing key): recompute
         return None
-    if pooled.shape != (encoder.feature_dim,) or grid.ndim != 2 or grid.shape[1] != encoder.feature_dim:
+    if (
+        pooled.dtype != torch.float32
+        or grid.dtype != torch.float16
+        or pooled.shape != (encoder.feature_dim,)
+        or grid.shape != (encoder.grid_size**2, encoder.feature_dim)
+        or expected != _digest(pooled, grid)  # catches flipped bytes that keep the size
+    ):
         return None
     return pooled, grid
 
@@ -57,10 +82,9 @@ def extract_features(
     """Features of every image: `pooled` (N, D) float32, `grid` (N, H*W, D) in `grid_dtype`.
 
     Images that cannot be decoded get zero rows and are listed in `failed` (their indices) so the
-    caller can drop them. Pass `cache_dir=False` to skip the disk cache.
+    caller can drop them; `cached` counts the images served from the cache. Pass `cache_dir=False`
+    to skip the disk cache.
     """
-    from safetensors.torch import save_file
-
     paths = [Path(p) for p in image_paths]
     folder = None
     if cache_dir is not False:
@@ -100,12 +124,9 @@ def extract_features(
                     pooled[i], grid[i] = p[row], g[row].half().to(grid_dtype)
                     if folder:
                         # fp16 on disk halves the cache; the features are post-ReLU6 activations (0..6).
-                        with atomic_path(folder / f"{_image_key(paths[i])}.safetensors") as tmp:
-                            save_file(
-                                {"pooled": p[row].contiguous(), "grid": g[row].half().contiguous()}, str(tmp)
-                            )
+                        _write_cached(folder / f"{_image_key(paths[i])}.safetensors", p[row], g[row])
             advance(len(todo[start : start + batch_size]))
-    return {"pooled": pooled, "grid": grid, "failed": sorted(failed)}
+    return {"pooled": pooled, "grid": grid, "failed": sorted(failed), "cached": len(paths) - len(todo)}
 
 
 class _progress:
