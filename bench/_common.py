@@ -52,6 +52,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load_average() -> list[float]:
+    """1-, 5- and 15-minute load averages: how busy the (shared) machine was around a measurement."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-resident-memory count (Linux `clear_refs` 5); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory of this process now (`VmRSS`) or its peak since the last reset (`VmHWM`), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def timed(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1, sync: Callable[[], None] | None = None) -> float:
     """Median wall time of `fn` over `repeat` runs after `warmup` runs, in seconds."""
     for _ in range(warmup):
