@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +14,14 @@ from adapt.errors import UserError
 
 
 class Interrupted(UserError):
-    """Training was stopped by a signal after its checkpoint was saved."""
+    """Training was stopped by a signal after its checkpoint was saved (exit code 128 + signal)."""
 
-    exit_code = 130
+    exit_code = 128 + signal.SIGINT
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        if signum is not None:
+            self.exit_code = 128 + signum
 
 
 class RichProgress(TrainerCallback):
@@ -65,15 +71,25 @@ class RichProgress(TrainerCallback):
 
 
 class InterruptCheckpoint(TrainerCallback):
-    """On SIGINT/SIGTERM, finish the current step, save a checkpoint and stop training."""
+    """On SIGINT/SIGTERM, finish the current step, save a checkpoint and stop training.
+
+    A second Ctrl-C stops at once, without the checkpoint (the previous one is kept).
+    """
 
     def __init__(self) -> None:
         self.stopped = False
+        self.signum: int | None = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
-            self.stopped = True
+            if self.stopped and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stopped, self.signum = True, signum
+            sys.stderr.write(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                "(Ctrl-C again stops at once)\n"
+            )
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -87,7 +87,7 @@ def finetune_command(
         Path | None, typer.Option(help="YAML file giving any of these flags; flags override it.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the newest checkpoint in the output folder.")
+        bool, typer.Option("--resume", help="Continue the stopped run in --output from its newest checkpoint (its settings are kept; flags given override them).")
     ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Stop on the first bad data row instead of skipping it.")
@@ -120,7 +120,13 @@ def finetune_command(
         settings["strict"] = True
     for extra in ("strategy", "chatml_token_ids"):  # keys a run's own config.json carries
         settings.pop(extra, None)
-    out = finetune(**settings)
+    from fa_adapt.callbacks import Interrupted
+
+    try:
+        out = finetune(**settings)
+    except Interrupted as stop:  # a clean stop, not an error: say how to go on
+        typer.secho(str(stop), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(stop.exit_code) from None
     typer.echo(str(out))
 
 

@@ -8,14 +8,16 @@ continues from the newest one to the same final state. Ctrl-C saves a checkpoint
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import check_choice, check_positive
+from adapt.runio import check_choice, check_positive, read_json, write_json
 from fa_adapt import data as chat_data
 from fa_adapt import strategies
 
@@ -112,12 +114,43 @@ def prepare_model(cfg: dict[str, Any]) -> tuple[Any, Any, list[int], Any]:
     return model, tokenizer, new_ids, strat
 
 
+RESUME_FILE = "resume.json"  # in <output>/checkpoints: the resolved settings and the step-0 loss
+
+
 def _latest_checkpoint(folder: Path) -> str | None:
-    ckpts = sorted(
-        folder.glob("checkpoint-*"),
-        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
-    )
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so one without a
+    readable state was cut short by a kill and is passed over for the one before it."""
+
+    def complete(p: Path) -> bool:
+        try:
+            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    steps = [
+        (int(p.name.split("-")[-1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit()
+    ]
+    done = [p for _, p in sorted(steps) if complete(p)]
+    return str(done[-1]) if done else None
+
+
+def _resume_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """The stopped run's settings (flags given now override them) and its step-0 validation loss."""
+    if settings.get("output") is None:
+        raise UserError("--resume: give --output, the run folder to continue")
+    state_file = Path(settings["output"]) / "checkpoints" / RESUME_FILE
+    state = read_json(state_file) if state_file.is_file() else {"settings": {}}  # else: flags alone
+    merged = dict(state.get("settings", {}))
+    merged.update({k: v for k, v in settings.items() if v is not None})
+    return merged, state.get("initial_eval_loss")
+
+
+def resume_hint(out: Path) -> str:
+    """The command that continues the run in `out`."""
+    return f"adapt finetune --output {shlex.quote(str(out))} --resume"
 
 
 def finetune(**settings: Any) -> Path:
@@ -127,11 +160,15 @@ def finetune(**settings: Any) -> Path:
     strategy's defaults. Raises `UserError` for bad settings or data.
     """
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     from fa_adapt.callbacks import InterruptCheckpoint, Interrupted, RichProgress
     from fa_adapt.runs import write_run
+    from fa_adapt.trainer import ChatTrainer
 
+    base_eval = None
+    if settings.get("resume"):
+        settings, base_eval = _resume_settings(settings)
     cfg = resolve_config(**settings)
     out = Path(cfg["output"])
     ckpt_dir = out / "checkpoints"
@@ -139,7 +176,7 @@ def finetune(**settings: Any) -> Path:
     if cfg["resume"]:
         resume_from = _latest_checkpoint(ckpt_dir)
         if resume_from is None:
-            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+            raise UserError(f"--resume: no complete checkpoint in {ckpt_dir}")
     set_seed(cfg["seed"])
     conversations, stats = chat_data.load_conversations(
         cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"]
@@ -171,7 +208,7 @@ def finetune(**settings: Any) -> Path:
         save_total_limit=2,
         seed=cfg["seed"],
         data_seed=cfg["seed"],
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length",  # seeded per epoch: see fa_adapt.trainer
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -182,7 +219,7 @@ def finetune(**settings: Any) -> Path:
     )
     progress = RichProgress()
     interrupt = InterruptCheckpoint()
-    trainer = Trainer(
+    trainer = ChatTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -191,13 +228,20 @@ def finetune(**settings: Any) -> Path:
         callbacks=[progress, interrupt],
     )
     started = time.time()
-    base_eval = trainer.evaluate()["eval_loss"] if resume_from is None else None
+    if resume_from is None:
+        base_eval = trainer.evaluate()["eval_loss"]
+        if trainer.is_world_process_zero():
+            # what `--resume` needs to rebuild this run from the output folder alone
+            write_json(
+                ckpt_dir / RESUME_FILE, {"settings": dict(cfg, resume=False), "initial_eval_loss": base_eval}
+            )
     with interrupt.installed():
         trainer.train(resume_from_checkpoint=resume_from)
-    if interrupt.stopped:
+    if interrupt.stopped and trainer.state.global_step < trainer.state.max_steps:
         raise Interrupted(
-            f"interrupted at step {trainer.state.global_step}; checkpoint saved in {ckpt_dir}. "
-            f"Resume with: adapt finetune --config {out / 'config.json'} --resume"
+            f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+            f"checkpoint saved in {ckpt_dir}. Resume with: {resume_hint(out)}",
+            signum=interrupt.signum,
         )
     wall = time.time() - started
     # an evaluation costs as much as several training steps on a CPU: reuse the one Trainer just
