@@ -146,8 +146,11 @@ def image_tensor(encoder: Any, path: Path) -> torch.Tensor:
 
 @dataclass
 class CaptionResult:
+    """An image's caption, or (with `skip_unreadable`) `caption=None` and why it could not be read."""
+
     image: Path
-    caption: str
+    caption: str | None
+    error: str | None = None
 
 
 @torch.inference_mode()
@@ -156,19 +159,28 @@ def caption_images(
     paths: Sequence[str | os.PathLike[str]],
     decoding: Decoding | None = None,
     batch_size: int = 16,
+    skip_unreadable: bool = False,
 ) -> list[CaptionResult]:
-    """One caption per image. Every image is read first, so a bad file fails before any work."""
+    """One result per image, in order. Every image is read first, so a bad file fails before any
+    work; with `skip_unreadable` it gets a result with `error` set instead and the others go on."""
     decoding = decoding or preferred_decoding(model)
     paths = [Path(p) for p in paths]
     encoder = model.encoder
-    pixels = [image_tensor(encoder, p) for p in paths]
-    results = []
-    for start in range(0, len(paths), batch_size):
-        pooled, grid = encoder(torch.stack(pixels[start : start + batch_size]))
-        captions = generate(model, pooled, grid, decoding)
-        results += [
-            CaptionResult(p, c) for p, c in zip(paths[start : start + batch_size], captions, strict=True)
-        ]
+    pixels: dict[int, torch.Tensor] = {}
+    results: list[CaptionResult | None] = [None] * len(paths)
+    for i, p in enumerate(paths):
+        try:
+            pixels[i] = image_tensor(encoder, p)
+        except UserError as err:
+            if not skip_unreadable:
+                raise
+            results[i] = CaptionResult(p, None, str(err))
+    readable = list(pixels)
+    for start in range(0, len(readable), batch_size):
+        rows = readable[start : start + batch_size]
+        pooled, grid = encoder(torch.stack([pixels[i] for i in rows]))
+        for i, caption in zip(rows, generate(model, pooled, grid, decoding), strict=True):
+            results[i] = CaptionResult(paths[i], caption)
     return results
 
 

@@ -75,6 +75,20 @@ def _decoding_for(model, strategy: str | None, beam_size: int | None, no_repeat_
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _load_model_flag(model: str | None):
+    """`--model`: the shipped captioner or a caption-train run folder; anything else names the flag."""
+    from adapt.errors import UserError
+    from capkit.captioning import load_model
+
+    try:
+        return load_model(model)
+    except UserError as err:
+        named = str(err).startswith(str(model))  # "--model FOLDER: what is wrong with it"
+        raise UserError(
+            f"--model{' ' if named else ': '}{err}; expected a run folder written by caption-train, or `default`"
+        ) from None
+
+
 def caption(
     images: Annotated[list[str], typer.Argument(help="Image files, folders of images, or glob patterns.", show_default=False)],
     model: Annotated[str | None, typer.Option(help="Run folder of caption-train (default: the captioner shipped with capkit).")] = None,
@@ -83,12 +97,13 @@ def caption(
     no_repeat_ngram: Annotated[int | None, typer.Option(help="Never repeat an n-gram of this size (0: off; no-repeat uses 1).")] = None,
     max_len: Annotated[int | None, typer.Option(help="Longest caption in words (default: the model's).")] = None,
     attention_map: Annotated[Path | None, typer.Option(help="Draw per-word attention to this PNG (attention decoder; one file per image when several).")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of {image, caption}.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of {image, caption} (unreadable images: caption null and an error).")] = False,
 ) -> None:
-    """Caption images: one line per image (just the caption when there is one image)."""
+    """Caption images: one line per image (just the caption when there is one image); unreadable ones among several are skipped and counted."""
     import json
 
-    from capkit.captioning import caption_images, draw_attention_map, expand_images, load_model
+    from adapt.errors import UserError
+    from capkit.captioning import caption_images, draw_attention_map, expand_images
 
     paths = expand_images(images)
     if len(paths) <= 8:
@@ -97,18 +112,29 @@ def caption(
         # A few images are little work: a second intra-op thread mostly spins, and on a busy
         # machine it makes one caption take seconds instead of a fraction of one.
         torch.set_num_threads(1)
-    loaded = load_model(model)
-    results = caption_images(loaded, paths, _decoding_for(loaded, decoding, beam_size, no_repeat_ngram, max_len))
+    loaded = _load_model_flag(model)
+    chosen = _decoding_for(loaded, decoding, beam_size, no_repeat_ngram, max_len)
+    # One named image that cannot be read is an error; among several, it is skipped and counted.
+    results = caption_images(loaded, paths, chosen, skip_unreadable=len(paths) > 1)
+    skipped = [r for r in results if r.error]
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable image(s) of {len(results)}:", err=True)
+        for r in skipped:
+            typer.echo(f"  {r.error}", err=True)
+        if len(skipped) == len(results):
+            raise UserError(f"none of the {len(results)} images could be read (first: {skipped[0].error})")
+    captioned = [r for r in results if not r.error]
     if attention_map is not None:
-        for r in results:
-            target = attention_map if len(results) == 1 else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
+        for r in captioned:
+            target = attention_map if len(paths) == 1 else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
             typer.echo(f"attention map: {draw_attention_map(loaded, r.image, r.caption, target)}", err=True)
     if json_output:
-        typer.echo(json.dumps([{"image": str(r.image), "caption": r.caption} for r in results], indent=2))
-    elif len(results) == 1:
+        rows = [{"image": str(r.image), "caption": r.caption, **({"error": r.error} if r.error else {})} for r in results]
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif len(paths) == 1:
         typer.echo(results[0].caption)
     else:
-        for r in results:
+        for r in captioned:
             typer.echo(f"{r.image}\t{r.caption}")
 
 

@@ -25,6 +25,10 @@ _SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 _KARPATHY = "dataset_flickr8k.json"
+_LAYOUTS = (
+    "a folder with captions.txt + Images/ (Kaggle Flickr8k), "
+    "Flickr8k.token.txt + Flicker8k_Dataset/ (original Flickr8k) or captions.csv (image,caption)"
+)
 
 
 class BadImage(Exception):
@@ -76,7 +80,7 @@ def load_dataset(
     """Read a captioning dataset folder (or its caption file) in any supported layout."""
     root = Path(path)
     if not root.exists():
-        raise UserError(f"{root}: dataset path does not exist")
+        raise UserError(f"PATH {root}: dataset path does not exist; expected {_LAYOUTS}")
     if root.is_file():
         root = root.parent
     layout, caption_file, image_dir = _find_layout(root)
@@ -115,10 +119,7 @@ def _find_layout(root: Path) -> tuple[str, Path, Path]:
             raise UserError(f"{token} found but no Flicker8k_Dataset/ image folder beside it in {root}")
     if (root / "captions.csv").is_file():
         return "csv", root / "captions.csv", root
-    raise UserError(
-        f"{root}: no captions found; expected captions.txt + Images/ (Kaggle Flickr8k), "
-        "Flickr8k.token.txt + Flicker8k_Dataset/ (original Flickr8k) or captions.csv (image,caption)"
-    )
+    raise UserError(f"{root}: no captions found; expected {_LAYOUTS}")
 
 
 def _read_csv(path: Path, skipped: Counter) -> dict[str, list[str]]:
@@ -211,8 +212,14 @@ def _to_rgb(img):
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype("uint8"), "L")
+        # 16-bit data keeps its brightness (65535 -> 255, not stretched to its own peak); 32-bit
+        # int/float images have no fixed range: 8- and 16-bit-looking ones are read as such.
+        peak = float(arr.max())
+        if img.mode.startswith("I;16") or 255 < peak <= 65535:
+            scale = 257.0
+        else:
+            scale = 1.0 if peak <= 255 else peak / 255.0
+        img = Image.fromarray((arr / scale).clip(0, 255).astype("uint8"), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -36,7 +36,10 @@ def _resolve(spec: Any, dataset_path: str | os.PathLike[str], split: str, cache_
         if split == "train":
             raise UserError("--split train: knn is built from the train split; evaluate it on val or test")
         return "knn", KnnCaptioner.fit(dataset_path, cache_dir=cache_dir)
-    return model_label(spec), load_model(spec)
+    try:
+        return model_label(spec), load_model(spec)
+    except UserError as err:
+        raise UserError(f"RUN {err}; each RUN is a caption-train run folder, `default` or `knn`") from None
 
 
 def _split_records(dataset_path: str | os.PathLike[str], split: str, limit: int | None) -> list:
@@ -90,10 +93,11 @@ def compare(
     import torch
 
     records = _split_records(dataset_path, split, limit)
+    # Every model is loaded before any work, so a bad RUN fails at once, not after the others ran.
+    resolved = [_resolve(spec, dataset_path, split, cache_dir) for spec in models]
     store: dict[str, Any] = {}
     results = []
-    for spec in models:
-        label, model = _resolve(spec, dataset_path, split, cache_dir)
+    for label, model in resolved:
         pooled, grid, kept = _features(model.encoder_name, records, cache_dir, store)
         is_knn = hasattr(model, "neighbours")
         for decoding in decodings[:1] if is_knn else decodings:
