@@ -29,13 +29,17 @@ def caption_train(
 
     from capkit.training import TrainConfig, train
 
-    # A SIGTERM (a scheduler stopping the job) is handled like Ctrl-C: checkpoint kept, resume hint printed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cfg = TrainConfig(
         data=str(path), decoder=decoder, encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
         output=str(output) if output else None, seed=seed, patience=patience, min_count=min_count, max_length=max_length,
     )
-    out = train(cfg, resume=resume)
+    # A SIGTERM (a scheduler stopping the job) is handled like Ctrl-C: checkpoint kept, resume hint
+    # printed. The old handler comes back afterwards (this function may run inside a longer process).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        out = train(cfg, resume=resume)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(str(out))
 
 
