@@ -87,7 +87,11 @@ def finetune_command(
         Path | None, typer.Option(help="YAML file giving any of these flags; flags override it.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the stopped run in --output from its newest checkpoint (its settings are kept; flags given override them).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the stopped run in --output from its newest checkpoint (its settings are kept; flags given override them).",
+        ),
     ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Stop on the first bad data row instead of skipping it.")

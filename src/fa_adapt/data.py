@@ -38,7 +38,11 @@ def default_data_path() -> Path:
 
 
 class BadRow(ValueError):
-    """A row that cannot become a conversation; message names the field."""
+    """A row that cannot become a conversation; message names the field, `kind` is the counted reason."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -51,46 +55,53 @@ class DataStats:
     truncated: int = 0
     skipped_too_long: int = 0
 
-    def bad(self, reason: str) -> None:
+    def bad(self, kind: str) -> None:
         self.bad_rows += 1
-        key = reason.split(":")[0]
-        self.bad_reasons[key] = self.bad_reasons.get(key, 0) + 1
+        self.bad_reasons[kind] = self.bad_reasons.get(kind, 0) + 1
 
 
 def normalize_row(row: Any) -> list[Message]:
     """One raw row → a list of `{role, content}` with roles mapped to system/user/assistant."""
     if not isinstance(row, dict):
-        raise BadRow(f"row: expected a JSON object, got {type(row).__name__}")
+        raise BadRow(f"row: expected a JSON object, got {type(row).__name__}", "not an object")
     column = next((c for c in LIST_COLUMNS if c in row), None)
     if column is None:
         found = ", ".join(map(str, row)) or "none"
-        raise BadRow(f"columns: expected one of {', '.join(LIST_COLUMNS)}; found {found}")
+        raise BadRow(f"columns: expected one of {', '.join(LIST_COLUMNS)}; found {found}", "wrong columns")
     turns = row[column]
     if isinstance(turns, str):  # CSV cells hold the list JSON-encoded
         try:
             turns = json.loads(turns)
         except json.JSONDecodeError:
-            raise BadRow(f"{column}: not a JSON-encoded list") from None
+            raise BadRow(f"{column}: not a JSON-encoded list", "malformed JSON") from None
     if hasattr(turns, "tolist"):
         turns = turns.tolist()
     if not isinstance(turns, list) or not turns:
-        raise BadRow(f"{column}: expected a non-empty list of turns")
+        raise BadRow(f"{column}: expected a non-empty list of turns", "no turns")
     messages: list[Message] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise BadRow(f"{column}[{i}]: expected an object")
+            raise BadRow(f"{column}[{i}]: expected an object", "not an object")
         raw_role = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
         if raw_role is None:
-            raise BadRow(f"{column}[{i}].role: missing")
+            raise BadRow(f"{column}[{i}].role: missing", "missing role")
         role = ROLE_ALIASES.get(str(raw_role).strip().lower())
         if role is None:
-            raise BadRow(f"{column}[{i}].role: unknown role {raw_role!r}")
+            raise BadRow(
+                f"{column}[{i}].role: unknown role {raw_role!r}; known: {', '.join(ROLE_ALIASES)}",
+                "unknown role",
+            )
         if not isinstance(content, str) or not content.strip():
-            raise BadRow(f"{column}[{i}].content: empty")
+            raise BadRow(f"{column}[{i}].content: empty", "empty content")
+        marker = next((t for t in (IM_START, IM_END) if t in content), None)
+        if marker:  # it would tokenise as a real turn boundary, not as text
+            raise BadRow(
+                f"{column}[{i}].content: contains the ChatML marker {marker}", "ChatML marker in content"
+            )
         messages.append({"role": role, "content": content.strip()})
     if not any(m["role"] == "assistant" for m in messages):
-        raise BadRow(f"{column}: no assistant turn")
+        raise BadRow(f"{column}: no assistant turn", "no assistant turn")
     return messages
 
 
@@ -100,17 +111,16 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
     try:
         if suffix == ".jsonl":
             rows: list[tuple[int, Any]] = []
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as err:
-                        rows.append((lineno, BadRow(f"line: malformed JSON ({err.msg})")))
+            for lineno, line in enumerate(_utf8_text(path).split("\n"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    rows.append((lineno, BadRow(f"line: malformed JSON ({err.msg})", "malformed JSON")))
             return rows
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_utf8_text(path))
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
@@ -120,19 +130,36 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
             import pyarrow.csv
             import pyarrow.parquet
 
+            if suffix == ".csv":
+                _utf8_text(path)  # pyarrow's own message for other encodings names no row
             table = pyarrow.parquet.read_table(path) if suffix == ".parquet" else pyarrow.csv.read_csv(path)
             if not any(c in table.column_names for c in LIST_COLUMNS):
                 raise UserError(
                     f"{path}: no column named {', '.join(LIST_COLUMNS)}; found {', '.join(table.column_names)}"
                 )
             return list(enumerate(table.to_pylist(), 2 if suffix == ".csv" else 1))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text (unreadable encoding)") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from None
     except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError)
         raise UserError(f"{path}: cannot read ({str(err).splitlines()[0]})") from None
     raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text; any other encoding is a `UserError` naming the row (line) and byte."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:  # NULs: UTF-16 sans BOM
+        line = raw.count(b"\n", 0, max(raw.find(b"\x00"), 0)) + 1
+        raise UserError(f"{path}: row {line}: the file looks like UTF-16 text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise UserError(
+            f"{path}: row {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _read_hub(name: str) -> list[tuple[int, Any]]:
@@ -166,6 +193,7 @@ def load_conversations(
         raise UserError(f"--data {source}: file not found")
     stats = DataStats()
     conversations: list[list[Message]] = []
+    first_bad = ""
     for rowno, raw in rows:
         stats.rows += 1
         try:
@@ -175,11 +203,13 @@ def load_conversations(
         except BadRow as err:
             if strict:
                 raise UserError(f"{where}: row {rowno}: {err}") from None
-            stats.bad(str(err))
+            stats.bad(err.kind)
+            first_bad = first_bad or f"row {rowno}: {err}"
         if limit and len(conversations) >= limit:
             break
     if not conversations:
-        raise UserError(f"{where}: no usable conversation ({stats.bad_rows} bad of {stats.rows} rows)")
+        why = f"; first: {first_bad}" if first_bad else ""
+        raise UserError(f"{where}: no usable conversation ({stats.bad_rows} bad of {stats.rows} rows{why})")
     return conversations, stats
 
 
@@ -221,18 +251,23 @@ def tokenize_conversations(
     as skipped), since a row with no label teaches nothing.
     """
     out = []
+    shortest_prompt = None
     for messages in conversations:
         ids, labels = encode_conversation(tokenizer, messages)
         if len(ids) > max_length:
+            # tokens before the first labelled one: what --max-length must at least exceed
+            prompt_len = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
             ids, labels = ids[:max_length], labels[:max_length]
-            if all(lab == IGNORE_INDEX for lab in labels):
+            if prompt_len >= max_length:
                 stats.skipped_too_long += 1
+                shortest_prompt = min(shortest_prompt or prompt_len, prompt_len)
                 continue
             stats.truncated += 1
         out.append({"input_ids": ids, "labels": labels})
     if not out:
         raise UserError(
-            f"--max-length {max_length}: shorter than every prompt; no conversation keeps an assistant token"
+            f"--max-length {max_length}: shorter than every prompt (the shortest is {shortest_prompt} tokens "
+            "before its first answer token); no conversation keeps an assistant token"
         )
     return out
 

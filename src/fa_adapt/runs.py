@@ -91,6 +91,11 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
 
     folder = Path(path)
     if not (folder / "config.json").is_file() or not (folder / "metrics.json").is_file():
+        if (folder / "checkpoints" / "resume.json").is_file():
+            raise UserError(
+                f"{folder}: a run stopped before it finished; resume it with: "
+                f"adapt finetune --output {folder} --resume"
+            )
         raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
     cfg = read_json(folder / "config.json")
     method = cfg.get("method")
@@ -120,9 +125,9 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
         try:
             model = PeftModel.from_pretrained(model, str(adapter))
         except (RuntimeError, ValueError) as err:
-            raise UserError(
-                f"{adapter}: adapter does not fit base model {base_path} ({str(err).splitlines()[0]})"
-            ) from None
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if ln.startswith("size mismatch")), lines[0] if lines else "")
+            raise UserError(f"{adapter}: adapter does not fit base model {base_path} ({why})") from None
         if method == "freeze":
             model = model.merge_and_unload()
     if method == "freeze":

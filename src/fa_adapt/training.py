@@ -20,6 +20,7 @@ from adapt.errors import UserError
 from adapt.runio import check_choice, check_positive, read_json, write_json
 from fa_adapt import data as chat_data
 from fa_adapt import strategies
+from fa_adapt.loading import QUANTIZATIONS
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "method": "lora",
@@ -56,6 +57,7 @@ def resolve_config(**overrides: Any) -> dict[str, Any]:
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     check_choice("--method", cfg["method"], list(strategies.STRATEGIES))
+    check_choice("--quantization", cfg["quantization"], QUANTIZATIONS)
     strat = strategies.STRATEGIES[cfg["method"]]()
     if cfg["lr"] is None:
         cfg["lr"] = strat.lr
