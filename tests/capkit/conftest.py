@@ -77,3 +77,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The real EfficientNet-Lite0 encoder (shipped weights), loaded once for the whole session."""
+    from capkit.encoders import load_encoder
+
+    return load_encoder("efficientnet_lite0")

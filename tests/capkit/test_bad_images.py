@@ -80,13 +80,6 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    from capkit.encoders import load_encoder
-
-    return load_encoder("efficientnet_lite0")
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_open_image_converts_odd_modes_and_rejects_broken_files(images, case):
     expected = CASES[case][2]

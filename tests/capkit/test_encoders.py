@@ -10,11 +10,6 @@ from capkit.encoders import ENCODERS, load_encoder, load_lite0_classifier
 from capkit.features import extract_features
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_encoder("efficientnet_lite0")
-
-
 @pytest.mark.slow
 def test_lite0_classifies_real_photos(flickr_sample, lite0):
     import torchvision

@@ -11,15 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from capkit.encoders import load_encoder
 from capkit.features import _image_key, _read_cached, extract_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return load_encoder("efficientnet_lite0")
 
 
 def _cache_file(cache: Path, encoder, image: Path) -> Path:
