@@ -158,8 +158,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if resume:
         if not ckpt_path.is_file():
             raise UserError(f"--resume: {ckpt_path} not found (is {out} a capkit training run?)")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = checkpoint["config"]
+        try:
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            saved = checkpoint["config"]
+        except Exception as err:  # truncated, garbled or not ours: say so, never a traceback
+            reason = (str(err).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"--resume: {ckpt_path} cannot be read ({type(err).__name__}: {reason})"
+            ) from None
         for key in ("decoder", "encoder", "min_count", "max_length", "seed"):
             if saved[key] != getattr(cfg, key):
                 raise UserError(

@@ -47,6 +47,10 @@ CASES = {
         ["caption-train", "{data}", "--output", "{tmp}/never-trained", "--resume"],
         ["--resume: {tmp}/never-trained/checkpoint.pt not found"],
     ),
+    "resume a damaged checkpoint": (
+        ["caption-train", "{data}", "--output", "{tmp}/damaged", "--resume"],
+        ["--resume: {tmp}/damaged/checkpoint.pt cannot be read"],
+    ),
     "batch size 0": (
         ["caption-train", "{data}", "--batch-size", "0", "--output", "{tmp}/run"],
         ["--batch-size must be greater than 0, got 0"],
@@ -80,6 +84,8 @@ def test_bad_flag_is_one_line_naming_it(tiny_data, tmp_path, case):
     (tmp_path / "columns").mkdir()
     (tmp_path / "columns" / "captions.csv").write_text("file,text\n00.jpg,a red square\n")
     (tmp_path / "columns" / "00.jpg").write_bytes((tiny_data / "00.jpg").read_bytes())
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"PK\x03\x04 half of a checkpoint")
     fill = {"data": str(tiny_data), "image": str(tiny_data / "00.jpg"), "tmp": str(tmp_path)}
     sigterm = signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(app, [a.format(**fill) for a in args])
