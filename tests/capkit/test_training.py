@@ -12,6 +12,8 @@ import capkit
 from adapt.errors import UserError
 from capkit.training import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _cfg(data, out, **kw):
     kw = {"epochs": 3, "batch_size": 8, "min_count": 1, **kw}
