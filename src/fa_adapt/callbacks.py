@@ -99,7 +99,18 @@ class InterruptCheckpoint(TrainerCallback):
                 signal.signal(s, h)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if self.stopped:
+        stop = self.stopped
+        if args.world_size > 1:
+            # a signal may reach the ranks in different steps: agree, or one rank would wait forever
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                flag = torch.tensor([int(stop)], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+                self.stopped = self.stopped or stop
+        if stop:
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -176,6 +176,7 @@ def test_bad_rows_are_skipped_and_counted_in_metrics(messy_run):
         "ChatML marker in content": 1,
     }
     assert f"{len(BAD_ROWS)} bad rows skipped" in (messy_run / "summary.md").read_text()
+    assert not [p.name for p in messy_run.rglob(".*")]  # atomic saves leave no temporary files
 
 
 def test_adapter_for_a_different_base_model(messy_run, tiny_model_dir, tmp_path):

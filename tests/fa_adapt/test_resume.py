@@ -155,3 +155,16 @@ def test_resume_without_a_stopped_run_is_a_user_error(tmp_path):
     result = CliRunner().invoke(app, ["finetune", "--output", str(tmp_path / "nothing"), "--resume"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.startswith("error: --resume: no complete checkpoint in")
+
+
+def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from fa_adapt.training import _latest_checkpoint
+
+    for step, state in [(2, "{}"), (4, None), (5, '{"global_st')]:  # 4: no state yet, 5: half written
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert _latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
