@@ -35,12 +35,15 @@ TRAIN_FLAGS = [
 class Run:
     """One `adapt` process with its stdout/stderr in files (no pipe can fill up and block it)."""
 
+    started: list[subprocess.Popen] = []
+
     def __init__(self, argv: list[str], folder: Path, name: str, env: dict, hold_epoch: int | None = None):
         self.marker = folder / f"{name}.held"
         self.stdout, self.stderr = folder / f"{name}.out", folder / f"{name}.err"
         prefix = ["-m", "adapt"] if hold_epoch is None else [str(GATE), str(hold_epoch), str(self.marker)]
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             self.proc = subprocess.Popen([sys.executable, *prefix, *argv], stdout=out, stderr=err, env=env)
+        Run.started.append(self.proc)
 
     def wait_until_held(self) -> None:
         deadline = time.monotonic() + TIMEOUT_S
@@ -80,6 +83,17 @@ def _stop_and_check(run: Run, sig: signal.Signals, out: Path, kept_epoch: int) -
     argv = shlex.split(hint)
     assert argv[-1] == "--resume" and argv[argv.index("--output") + 1] == str(out)
     return argv[1:]
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A failed assertion must not leave a held run waiting for its signal."""
+    yield
+    while Run.started:
+        proc = Run.started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _history(out: Path) -> list[tuple]:
@@ -125,3 +139,29 @@ def test_sigint_then_sigterm_stop_cleanly_and_resume_to_the_uninterrupted_state(
     assert losses == pytest.approx([loss for h in want for loss in h[2:]], abs=1e-4)
     a, b = load_file(full / "decoder.safetensors"), load_file(stopped / "decoder.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_interrupt_before_the_first_checkpoint_says_nothing_is_kept(
+    tiny_data, tmp_path, monkeypatch, capsys, one_thread
+):
+    import contextlib
+
+    from capkit import runs
+
+    @contextlib.contextmanager
+    def interrupted_progress(enabled, description, total):
+        def advance(n):
+            raise KeyboardInterrupt  # Ctrl-C during the first epoch's first step
+
+        yield advance
+
+    monkeypatch.setattr(runs, "progress", interrupted_progress)
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        data=str(tiny_data), decoder="lstm", epochs=2, batch_size=8, min_count=1, output=str(out),
+        cache_dir=str(tmp_path / "cache"), decoder_config={"embed_dim": 8, "hidden_dim": 8},
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert f"stopped before the first epoch ended; nothing to resume in {out}" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # an empty folder: the same command can simply run again
