@@ -172,6 +172,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     f"--resume: {out} was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}"
                 )
         cfg.decoder_config = saved["decoder_config"]
+        changed = [
+            f"{k} {saved[k]} -> {getattr(cfg, k)}"
+            for k in ("batch_size", "lr")
+            if saved[k] != getattr(cfg, k)
+        ]
+        if changed:  # allowed (e.g. a lower rate to finish), but then no longer the uninterrupted run
+            log(f"note: resuming with {', '.join(changed)}: the result will differ from an uninterrupted run")
     elif out.exists() and any(out.iterdir()):
         raise UserError(
             f"--output {out} already holds files; pass --resume to continue it or choose another folder"
