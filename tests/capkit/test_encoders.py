@@ -9,6 +9,8 @@ from capkit.data import open_image
 from capkit.encoders import ENCODERS, load_encoder, load_lite0_classifier
 from capkit.features import extract_features
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.slow
 def test_lite0_classifies_real_photos(flickr_sample, lite0):
