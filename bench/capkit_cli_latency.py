@@ -61,6 +61,15 @@ def _run(cmd: list[str]) -> tuple[float, float, str]:
     return wall, cpu, proc.stdout.strip()
 
 
+def _default_captioner() -> str:
+    """Which decoder and decoding the shipped default had when measured (it may be retrained)."""
+    from capkit.captioning import DEFAULT_MODEL_DIR
+
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    decoding = json.loads((DEFAULT_MODEL_DIR / "decoding.json").read_text())
+    return f"{config['decoder']} decoder, {decoding}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="cold runs of each command (median reported)")
@@ -127,6 +136,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "image": args.image,
         "caption": outputs["adapt caption IMG"][0],
+        "default_captioner": _default_captioner(),
         "runs": args.runs,
         "load_average_before": load_before,
         "load_average_after": load_after,

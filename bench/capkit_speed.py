@@ -159,7 +159,7 @@ def latency(b: Bench, repeat: int) -> list[dict]:
         cold = b.time(lambda d=decoding: caption(load(), d), repeat=repeat, warmup=0)
         rows.append(
             {
-                "what": f"caption 1 photo, shipped default (lstm), {label}",
+                "what": f"caption 1 photo, shipped default ({warm_model.config['decoder']}), {label}",
                 "baseline": cold,
                 "measured": warm,
                 "× faster": cold / warm,
@@ -169,6 +169,7 @@ def latency(b: Bench, repeat: int) -> list[dict]:
         )
         print(f"latency {label}: warm {warm:.3f} s, load included {cold:.3f} s", file=sys.stderr)
     b.default_caption = caption(warm_model, chosen)
+    b.default_decoder = f"{warm_model.config['decoder']} decoder, {chosen.label}"
     return rows
 
 
@@ -299,6 +300,7 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "seconds": round(time.perf_counter() - started, 1),
         "section_seconds": {k: round(v, 1) for k, v in sections.items()},
+        "default_captioner": b.default_decoder,
         "default_caption": {"image": str(b.paths[0]), "caption": b.default_caption},
         "notes": "latency rows always run with 1 torch thread, as `adapt caption` does for up to 8 images",
     }
