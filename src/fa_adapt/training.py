@@ -163,6 +163,7 @@ def finetune(**settings: Any) -> Path:
     """
     import torch
     from transformers import TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from fa_adapt.callbacks import InterruptCheckpoint, Interrupted, RichProgress
     from fa_adapt.runs import write_run
@@ -229,6 +230,7 @@ def finetune(**settings: Any) -> Path:
         data_collator=ChatCollator(tokenizer.pad_token_id),
         callbacks=[progress, interrupt],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout; RichProgress shows them
     started = time.time()
     if resume_from is None:
         base_eval = trainer.evaluate()["eval_loss"]

@@ -59,16 +59,21 @@ def _run_until_signal(args: list[str], stop_at: int, sig: int, marker: Path) -> 
     """Run `adapt ARGS` in a child process; when it is held at step `stop_at`, send `sig`; wait for exit."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(GATE), str(stop_at), str(marker), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # output to files, not pipes: a child blocked on a full pipe would never reach the step
+    out_file, err_file = marker.with_suffix(".stdout"), marker.with_suffix(".stderr")
+    with out_file.open("w") as out, err_file.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not marker.exists():  # the event: the child finished step `stop_at` and waits
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"run ended or hung before step {stop_at}:\n{proc.communicate()[1][-3000:]}")
+                proc.wait()
+                pytest.fail(f"run ended or hung before step {stop_at}:\n{err_file.read_text()[-3000:]}")
             time.sleep(0.05)
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        proc.wait(timeout=TIMEOUT_S)
+        stdout, stderr = out_file.read_text(), err_file.read_text()
         complete = sorted(p.parent.name for p in marker.parent.glob("run/checkpoints/*/trainer_state.json"))
     finally:
         if proc.poll() is None:
@@ -113,6 +118,7 @@ def reference(tiny_model_dir, workdir) -> dict:
     args = _finetune_args(tiny_model_dir, workdir / "chat.jsonl", out, workdir / "extra.yaml")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"  # only the result on stdout: Trainer's log dicts are not printed
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -122,6 +128,7 @@ def test_signal_saves_checkpoint_and_prints_resume_hint(stopped, name):
     assert run["rc"] == 128 + getattr(signal, name), run["stderr"][-3000:]
     assert "Traceback" not in run["stderr"]
     assert f"stopped at step {step} of {MAX_STEPS}" in run["stderr"]
+    assert run["stdout"] == ""  # stdout is for results (the run path); logs and progress go to stderr
     assert f"checkpoint-{step}" in run["checkpoints"]  # complete: trainer_state.json is written last
     assert not (run["out"] / "metrics.json").exists()  # an unfinished run is not a run folder
     assert _hint(run["stderr"]) == ["finetune", "--output", str(run["out"]), "--resume"]
