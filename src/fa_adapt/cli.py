@@ -182,8 +182,9 @@ def generate_command(
 
     import torch
 
-    from fa_adapt.generation import generate, load_target
+    from fa_adapt.generation import check_generation_flags, generate, load_target
 
+    check_generation_flags(max_new_tokens, no_repeat_ngram, temperature, top_p)
     err = _stderr_console()
     with err.status(f"loading {run}{' (base model)' if base else ''}…"):
         target = load_target(run, base=base)
@@ -232,9 +233,10 @@ def chat_command(
     """Interactive multi-turn chat (history kept; /reset clears it, /exit quits)."""
     from adapt.runio import check_choice
     from fa_adapt.chat import run_chat
-    from fa_adapt.generation import load_target
+    from fa_adapt.generation import check_generation_flags, load_target
 
     check_choice("--rtl", rtl, ("terminal", "visual", "off"))
+    check_generation_flags(max_new_tokens, no_repeat_ngram, temperature, top_p)
     with _stderr_console().status(f"loading {run}…"):
         target = load_target(run, base=base)
     run_chat(
@@ -264,9 +266,13 @@ def compare_command(
     from rich.console import Console
     from rich.table import Table
 
+    from adapt.runio import check_positive
     from fa_adapt.compare import compare, default_prompts_path, run_facts
     from fa_adapt.evaluation import read_prompts
+    from fa_adapt.generation import check_generation_flags
 
+    check_positive("--batch-size", batch_size)
+    check_generation_flags(max_new_tokens)
     prompt_list = read_prompts(prompts or default_prompts_path())
     run_list = runs or []
     n_models = len(run_list) + int(base)
@@ -327,8 +333,10 @@ def evaluate_command(
 
     from adapt.runio import check_positive
     from fa_adapt.evaluation import default_heldout_path, read_prompts, run_evaluation
+    from fa_adapt.generation import check_generation_flags
 
     check_positive("--batch-size", batch_size)
+    check_generation_flags(max_new_tokens)
     data_path = data or default_heldout_path()
     prompt_list = read_prompts(prompts) if prompts else None
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))

@@ -90,14 +90,21 @@ def _is_prompt_learning(model: Any) -> bool:
     return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
 
 
-def _sampling_kwargs(
-    tokenizer: Any, max_new_tokens: int, no_repeat_ngram: int, temperature: float, top_p: float
-) -> dict[str, Any]:
+def check_generation_flags(
+    max_new_tokens: int, no_repeat_ngram: int = 0, temperature: float = 0.0, top_p: float = 1.0
+) -> None:
+    """Raise a `UserError` naming the flag for an impossible generation setting (before any model loads)."""
     check_positive("--max-new-tokens", max_new_tokens)
     check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
     check_positive("--temperature", temperature, allow_zero=True)
     if not 0 < top_p <= 1:
         raise UserError(f"--top-p: must be in (0, 1], got {top_p}")
+
+
+def _sampling_kwargs(
+    tokenizer: Any, max_new_tokens: int, no_repeat_ngram: int, temperature: float, top_p: float
+) -> dict[str, Any]:
+    check_generation_flags(max_new_tokens, no_repeat_ngram, temperature, top_p)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kw: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,

@@ -133,6 +133,24 @@ def test_max_length_shorter_than_every_prompt(tiny_model_dir, chat_jsonl, tmp_pa
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "{run}", "--batch-size", "0"], "--batch-size must be greater than 0, got 0"),
+        (["compare", "{run}", "--batch-size", "0"], "--batch-size must be greater than 0, got 0"),
+        (["compare", "{run}", "--max-new-tokens", "0"], "--max-new-tokens must be greater than 0, got 0"),
+        (["generate", "{run}", "سلام", "--max-new-tokens", "-1"], "--max-new-tokens must be greater than 0, got -1"),
+        (["generate", "{run}", "سلام", "--top-p", "1.5"], "--top-p: must be in (0, 1], got 1.5"),
+        (["chat", "{run}", "--temperature", "-1"], "--temperature must be 0 or more, got -1.0"),
+    ],
+    ids=["evaluate-batch", "compare-batch", "compare-tokens", "generate-tokens", "generate-top-p", "chat-temperature"],
+)  # fmt: skip
+def test_bad_generation_flags_fail_before_any_model_loads(tmp_path, args, message):
+    folder = tmp_path / "not-a-run"  # would fail later: the flag must be reported first
+    result = _invoke(*[a.format(run=folder) for a in args])
+    _assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize(
     "args",
     [["generate", "{run}", "سلام"], ["evaluate", "{run}"], ["chat", "{run}"], ["compare", "{run}"]],
     ids=["generate", "evaluate", "chat", "compare"],
