@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, report, shared_data  # noqa: E402
+from _common import load_average, machine, report, shared_data  # noqa: E402
 
 TARGET_SECONDS = 3.0  # issue 6: a caption in under 3 s on this CPU, model load included
 
@@ -94,7 +94,7 @@ def main() -> None:
         "adapt caption IMG": [*caption_cmd, "caption", args.image],
         "same, timed by stage": [sys.executable, __file__, "--child-stages", args.image],
     }
-    load_before = os.getloadavg()
+    load_before = load_average()
     walls: dict[str, list[float]] = {k: [] for k in commands}
     cpus: dict[str, list[float]] = {k: [] for k in commands}
     outputs: dict[str, list[str]] = {k: [] for k in commands}
@@ -108,7 +108,7 @@ def main() -> None:
             f"run {i + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()),
             file=sys.stderr,
         )
-    load_after = os.getloadavg()
+    load_after = load_average()
 
     torch_floor = statistics.median(walls["python -c 'import torch'"])
     rows = []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, report, require_device, shared_data, timed  # noqa: E402
+from _common import load_average, machine, report, require_device, shared_data, timed  # noqa: E402
 
 DECODERS = ("lstm", "attention", "transformer")
 MAX_LEN = 25  # words: the default --max-length of caption-train
@@ -274,7 +274,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, load_before = time.perf_counter(), load_average()
     b = Bench(args.device, max(args.batch_size, args.decode_images))
     sections = {"setup": time.perf_counter() - started}
 
@@ -297,7 +297,7 @@ def main() -> None:
     meta = machine(args.device) | {
         "command": " ".join(["python", *sys.argv]),
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
+        "load_average_after": load_average(),
         "seconds": round(time.perf_counter() - started, 1),
         "section_seconds": {k: round(v, 1) for k, v in sections.items()},
         "default_captioner": b.default_decoder,
