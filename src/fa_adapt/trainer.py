@@ -15,6 +15,8 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from fa_adapt.labeled_loss import LabeledLossMixin
+
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
     """Length-grouped sampling whose shuffle in epoch `e` is seeded with `seed + e`."""
@@ -29,8 +31,9 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
 
-class ChatTrainer(Trainer):
-    """`Trainer` with `EpochSeededLengthSampler` for training (Trainer's own length grouping otherwise)."""
+class ChatTrainer(LabeledLossMixin, Trainer):
+    """`Trainer` with `EpochSeededLengthSampler` for training (Trainer's own length grouping otherwise),
+    and the loss of `fa_adapt.labeled_loss` (output projection only at labeled positions)."""
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
