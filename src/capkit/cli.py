@@ -140,6 +140,27 @@ def caption(
     else:
         for r in captioned:
             typer.echo(f"{r.image}\t{r.caption}")
+    _exit_without_teardown()
+
+
+def _exit_without_teardown() -> None:
+    """End the `adapt` process now, skipping Python's shutdown, when it is the program running.
+
+    With torch loaded, interpreter teardown takes about 0.9 s on the project's 2-core machine
+    (measured: 0.89 s from the last statement to process exit, 0.05 s with `os._exit`) — more
+    than loading the captioner and captioning a photo. Nothing is left to clean up here: output
+    is flushed and every file is written and renamed. Never inside tests (CliRunner swaps
+    stdout) or someone else's Python process.
+    """
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    running_adapt = Path(sys.argv[0]).name == "adapt" or getattr(main, "__package__", None) == "adapt"
+    if running_adapt and sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def caption_eval(

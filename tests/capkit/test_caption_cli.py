@@ -210,3 +210,14 @@ def test_caption_command_imports_nothing_heavy(attention_run, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_adapt_process_exits_early_with_all_output_flushed(attention_run, tmp_path):
+    # `adapt caption` ends with os._exit (skipping ~0.9 s of interpreter teardown): nothing may be lost.
+    photos = make_photos(tmp_path, 3)
+    args = ["caption", "--json", "--model", str(attention_run), *map(str, photos)]
+    out = subprocess.run([sys.executable, "-m", "adapt", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    in_process = invoke(*args)
+    assert json.loads(out.stdout) == json.loads(in_process.output)
+    assert [row["image"] for row in json.loads(out.stdout)] == [str(p) for p in photos]
