@@ -4,7 +4,8 @@
 
 Every run is a fresh process, as a user starts it: interpreter start, imports, model load and one
 caption. Baseline, measured in the same run and interleaved with it so both see the same machine
-load: `python -c "import torch"` (the floor no torch-based command can go below) and
+load: `python -c "import torch"` (the floor of a torch-based command that exits normally), the
+same ending with `os._exit(0)` (no interpreter teardown, as `adapt caption` ends) and
 `python -c "pass"`. A third command repeats the caption in one fresh process with timestamps
 between its stages, to show where the time goes. Reports the median wall time of the runs, the
 CPU time (user + system) of the process, and the load average before and after.
@@ -91,6 +92,8 @@ def main() -> None:
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+        # The same without interpreter teardown, which `adapt caption` skips too (os._exit).
+        "  same, then os._exit(0)": [sys.executable, "-c", "import os, torch; os._exit(0)"],
         "adapt caption IMG": [*caption_cmd, "caption", args.image],
         "same, timed by stage": [sys.executable, __file__, "--child-stages", args.image],
     }

@@ -179,8 +179,8 @@ def batching(b: Bench) -> list[dict]:
 
     n = len(b.paths)
     rows = []
-    single = b.time(lambda: [b.encoder(b.pixels[i : i + 1]) for i in range(n)], repeat=1)
-    batched = b.time(lambda: b.encoder(b.pixels), repeat=1)
+    single = b.time(lambda: [b.encoder(b.pixels[i : i + 1]) for i in range(n)], repeat=3)
+    batched = b.time(lambda: b.encoder(b.pixels), repeat=3)
     rows.append(_batch_row(f"encode {n} photos (EfficientNet-Lite0)", n, single, batched))
     for name in DECODERS:
         decoder = b.decoder(name)
