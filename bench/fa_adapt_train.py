@@ -1,0 +1,425 @@
+"""Fine-tuning throughput, peak memory and FLOP/s fraction: our pipeline against the source's setup and TRL.
+
+    python bench/fa_adapt_train.py [--methods lora,prompt,freeze] [--rows 6] [--device cuda] [--gemma2-2b]
+
+Every configuration trains the SAME conversations (a fixed random sample of the bundled Persian
+chat data, train split) for one epoch, after one warm-up step on other rows, all in this process:
+  ours-<method>    `adapt finetune`'s setup: batches of 4, length-grouped order, each batch padded
+                   to its own longest row, output projection only at labeled positions
+  source-<method>  the source's setup: batch size 1, every row padded to the fixed --max-length,
+                   plain transformers Trainer (the model's own loss over every position)
+  trl-lora         TRL's SFTTrainer with the same NF4 model, LoRA config (incl. the ChatML token
+                   rows) and the same tokenized rows and labels, gradient checkpointing off as in ours
+Throughput = assistant (labeled) tokens / s and all non-pad tokens / s over the epoch's wall time.
+Peak memory = the process's peak resident memory during that epoch (or the GPU's peak allocation).
+Useful FLOPs = (4·N + 2·N_trained) per non-pad token (+ soft-prompt positions) + 4·V·H per labeled
+token: forward (2N) and input-gradient (2N) through every decoder matrix, weight gradients only for
+trained matrices, and the V×H output projection forward and backward only where a label is.
+Attention-score FLOPs (~4 % at these lengths) and padding are not counted. The fraction is of the
+fp32 (CUDA: bf16) matmul rate measured at the start and end of this run (the higher of the two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    # a fixed mmap threshold returns freed tensors to the OS, so each configuration's peak
+    # resident memory is its own, not inflated by the previous one's retained heap
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("COLUMNS", "200")  # the results table is wide; do not squeeze it to 80
+from _common import (  # noqa: E402
+    load_average,
+    machine,
+    matmul_peak_flops,
+    report,
+    require_device,
+    reset_peak_rss,
+    rss_mib,
+)
+from _fa_adapt import check_gpu_flags, decoder_linear_params, model_path, output_projection, quiet  # noqa: E402
+
+METHODS = ("lora", "prompt", "freeze")
+
+
+class Counting:
+    """Wraps a data collator and records, per batch, padded / non-pad / labeled (trained) tokens."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches: list[dict[str, int]] = []
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(rows)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.batches.append(
+            {
+                "rows": int(ids.shape[0]),
+                "padded": int(ids.numel()),
+                "real": int(mask.sum()) if mask is not None else int(ids.numel()),
+                "trained": int((batch["labels"][:, 1:] != -100).sum()),
+            }
+        )
+        return batch
+
+
+def _clock_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin = self.end = 0.0
+            self.sync = None
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            if self.sync:
+                self.sync()
+            self.begin = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            if self.sync:
+                self.sync()
+            self.end = time.perf_counter()
+
+    return Clock()
+
+
+def _rows(tokenizer: Any, max_length: int, n: int, batch_size: int) -> tuple[list[Any], list[Any]]:
+    """(measured rows, warm-up rows): a fixed random sample of the train split, and the shortest others."""
+    from fa_adapt import data as chat_data
+
+    conversations, stats = chat_data.load_conversations(None)
+    examples = chat_data.tokenize_conversations(tokenizer, conversations, max_length, stats)
+    train, _ = chat_data.split_train_validation(examples, 42)
+    picked = set(random.Random(0).sample(range(len(train)), min(n, len(train))))
+    measured = [train[i] for i in sorted(picked)]
+    others = sorted((r for i, r in enumerate(train) if i not in picked), key=lambda r: len(r["input_ids"]))
+    return measured, others[:1]
+
+
+def _our_trainer_class() -> Any:
+    """What `adapt finetune` trains with: its Trainer subclass, with the labeled-positions loss."""
+    from fa_adapt.trainer import ChatTrainer
+
+    return ChatTrainer
+
+
+def _training_args(
+    out: str, batch_size: int, lr: float, device: str, grouped: bool, trl: bool = False
+) -> Any:
+    import torch
+
+    common = dict(
+        output_dir=out,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        num_train_epochs=1,
+        lr_scheduler_type="linear",
+        logging_strategy="no",
+        eval_strategy="no",
+        save_strategy="no",
+        seed=42,
+        data_seed=42,
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+    )
+    if trl:
+        from trl import SFTConfig
+
+        return SFTConfig(**common, gradient_checkpointing=False, max_length=None, dataset_num_proc=None)
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**common)
+
+
+def build(
+    config: str, model_name: str | None, batch_size: int, max_length: int, trl_token_rows: bool
+) -> dict[str, Any]:
+    """Model, tokenizer, trainer class and collator of one configuration (nothing trained yet)."""
+    from fa_adapt import strategies, training
+    from fa_adapt.collator import ChatCollator
+
+    setup, method = config.split("-", 1)
+    cfg = training.resolve_config(
+        method=method, model=model_name, output="/tmp/bench-unused", batch_size=batch_size
+    )
+    if setup == "trl":
+        from peft import LoraConfig as PeftLoraConfig
+
+        from fa_adapt.chatml import add_chatml_tokens
+        from fa_adapt.loading import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(model_name)
+        model = load_model(model_name)
+        new_ids = add_chatml_tokens(tokenizer, model)
+        lora = strategies.LoraConfig()
+        peft_config = PeftLoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            # TRL 1.16's fused LM head reads lm_head.bias, which PEFT's TrainableTokensWrapper (the tied
+            # ChatML rows) lacks: AttributeError. Without the rows the step costs the same to within
+            # the two rows' update, so the speed comparison stands; --trl-token-rows tries with them
+            trainable_token_indices=list(new_ids) if trl_token_rows else None,
+        )
+        return dict(
+            model=model, tokenizer=tokenizer, peft_config=peft_config, lr=lora.lr, setup=setup, method=method
+        )
+    model, tokenizer, _, strat = training.prepare_model(cfg)
+    if setup == "source":
+        from transformers import Trainer
+
+        collator = ChatCollator(tokenizer.pad_token_id, pad_to_multiple_of=max_length)
+        return dict(
+            model=model,
+            tokenizer=tokenizer,
+            cls=Trainer,
+            collator=collator,
+            lr=strat.lr,
+            batch=1,
+            grouped=False,
+            setup=setup,
+            method=method,
+        )
+    return dict(
+        model=model,
+        tokenizer=tokenizer,
+        cls=_our_trainer_class(),
+        collator=ChatCollator(tokenizer.pad_token_id),
+        lr=strat.lr,
+        batch=batch_size,
+        grouped=True,
+        setup=setup,
+        method=method,
+    )
+
+
+def run_config(config: str, args: argparse.Namespace, model_name: str | None) -> dict[str, Any]:
+    """Build one configuration, warm it up, train one epoch over the measured rows; return its figures."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    load_before = load_average()
+    t0 = time.perf_counter()
+    b = build(config, model_name, args.batch_size, args.max_length, args.trl_token_rows)
+    load_s = time.perf_counter() - t0
+    measured, warm = _rows(b["tokenizer"], args.max_length, args.rows, args.batch_size)
+    clock = _clock_callback()
+    if cuda:
+        clock.sync = torch.cuda.synchronize
+    out = f"/tmp/bench-fa-train-{os.getpid()}"
+    if b["setup"] == "trl":
+        from datasets import Dataset
+        from trl import SFTTrainer
+
+        targs = _training_args(out, args.batch_size, b["lr"], args.device, grouped=False, trl=True)
+        batch = args.batch_size
+        # TRL prepares (and would re-tokenize) the dataset it is given: give it all rows at once, split after
+        rows = warm + measured
+        ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+        trainer = SFTTrainer(
+            model=b["model"],
+            args=targs,
+            train_dataset=ds,
+            processing_class=b["tokenizer"],
+            peft_config=b["peft_config"],
+            callbacks=[clock],
+        )
+        warm_ds = trainer.train_dataset.select(range(len(warm)))
+        measured_ds = trainer.train_dataset.select(range(len(warm), len(rows)))
+    else:
+        batch = b["batch"]
+        targs = _training_args(out, batch, b["lr"], args.device, grouped=b["grouped"])
+        trainer = b["cls"](model=b["model"], args=targs, data_collator=b["collator"], callbacks=[clock])
+        measured_ds, warm_ds = measured, warm
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its end-of-train dict would clutter the table output
+    model = trainer.model
+    counter = Counting(trainer.data_collator)
+    trainer.data_collator = counter
+    # warm-up: one step on other rows (first-call allocations, kernel selection)
+    trainer.train_dataset = warm_ds
+    trainer.args.max_steps = 1
+    trainer.train()
+    counter.batches.clear()
+    trainer.train_dataset = measured_ds
+    trainer.args.max_steps = -1
+    gc.collect()
+    resident = rss_mib()
+    reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    wall = clock.end - clock.begin
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mib("VmHWM")
+    counts = {k: sum(x[k] for x in counter.batches) for k in ("rows", "padded", "real", "trained")}
+    n_virtual = 0
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        n_virtual = peft_cfg.num_virtual_tokens
+    params = decoder_linear_params(model)
+    vocab, hidden = output_projection(model)
+    n_all = params["frozen"] + params["trainable"]
+    flops = (4 * n_all + 2 * params["trainable"]) * (counts["real"] + n_virtual * counts["rows"])
+    flops += 4 * vocab * hidden * counts["trained"]
+    result = {
+        "config": config,
+        "batch": batch,
+        "steps": len(counter.batches),
+        "rows": counts["rows"],
+        "wall_s": wall,
+        "assistant_tok_s": counts["trained"] / wall,
+        "tokens_s": counts["real"] / wall,
+        "padding_share": 1 - counts["real"] / counts["padded"],
+        "peak_mib": peak,
+        "resident_mib": resident if not cuda else torch.cuda.memory_allocated() / 2**20,
+        "useful_gflop_s": flops / wall / 1e9,
+        "load_s": load_s,
+        "tokens": counts,
+        "decoder_matrix_params": params,
+        "output_projection": [vocab, hidden],
+        "virtual_tokens": n_virtual,
+        "load_average": [load_before, load_average()],
+    }
+    del trainer, model, b
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--methods",
+        default="lora",
+        help="comma-separated of lora,prompt,freeze (default lora); each adds ours-M and source-M, lora adds trl-lora",
+    )
+    ap.add_argument("--rows", type=int, default=6, help="conversations trained per configuration (default 6)")
+    ap.add_argument("--batch-size", type=int, default=4, help="our batch size and TRL's (default 4)")
+    ap.add_argument(
+        "--max-length", type=int, default=160, help="truncation, and the source's fixed padded length"
+    )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--trl-token-rows", action="store_true", help="give TRL the ChatML token rows too (fails in TRL 1.16)"
+    )
+    ap.add_argument(
+        "--gemma2-2b", action="store_true", help="a gemma-2-2b-it-sized model with random weights (GPU)"
+    )
+    args = ap.parse_args()
+    require_device(args.device)
+    check_gpu_flags(args.device, args.gemma2_2b)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        sys.exit(
+            f"error: --methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}"
+        )
+    if args.rows < 1 or args.batch_size < 1 or args.max_length < 8:
+        sys.exit("error: --rows and --batch-size must be >= 1, --max-length >= 8")
+    # ours and its baselines back to back for each method, so each ratio is measured minutes apart
+    configs = [
+        c for m in methods for c in (f"ours-{m}", f"source-{m}", "trl-lora" if m == "lora" else "") if c
+    ]
+    quiet()
+    import torch
+
+    try:
+        import trl  # noqa: F401
+
+        trl_note = f"trl {trl.__version__}"
+    except ImportError:
+        trl_note = "trl not installed (pip install trl): the TRL baseline was skipped"
+        if "trl-lora" in configs:
+            print(f"note: {trl_note}", file=sys.stderr)
+            configs.remove("trl-lora")
+    if args.device == "cpu":
+        torch.manual_seed(0)
+    started = load_average()
+    peak_dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    n_mm = 4096 if args.device.startswith("cuda") else 1024
+    peaks = [matmul_peak_flops(peak_dtype, n_mm, args.device)]
+    model_name = model_path(args.gemma2_2b)
+    results: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        print(f"[{time.strftime('%H:%M:%S')}] {c} …", file=sys.stderr)
+        results[c] = run_config(c, args, model_name)
+        r = results[c]
+        print(
+            f"  {r['wall_s']:.1f} s, {r['assistant_tok_s']:.2f} assistant tok/s, peak {r['peak_mib']:.0f} MiB",
+            file=sys.stderr,
+        )
+    peaks.append(matmul_peak_flops(peak_dtype, n_mm, args.device))
+    peak = max(peaks)
+    rows = []
+    for c, r in results.items():
+        row = {
+            k: r[k]
+            for k in (
+                "config",
+                "batch",
+                "steps",
+                "rows",
+                "wall_s",
+                "assistant_tok_s",
+                "tokens_s",
+                "padding_share",
+                "peak_mib",
+                "useful_gflop_s",
+            )
+        }
+        row["pct_of_peak"] = 100 * r["useful_gflop_s"] * 1e9 / peak
+        method = c.split("-", 1)[1]
+        for base in ("source", "trl"):
+            other = results.get(f"{base}-{method}")
+            if c.startswith("ours-") and other:
+                row[f"speed_vs_{base}"] = r["assistant_tok_s"] / other["assistant_tok_s"]
+                row[f"memory_vs_{base}"] = r["peak_mib"] / other["peak_mib"]
+        rows.append(row)
+    meta = machine(args.device) | {
+        "command": " ".join(["python", "bench/fa_adapt_train.py", *sys.argv[1:]]),
+        "model": "gemma-2-2b-sized, random weights" if args.gemma2_2b else "gemma-3-270m (embedded), NF4",
+        "matmul_peak_gflop_s": [p / 1e9 for p in peaks],
+        "matmul_peak_dtype": peak_dtype,
+        "load_average_start": started,
+        "load_average_end": load_average(),
+        "trl": trl_note,
+        "trl_lora_config": "same r/alpha/dropout/target modules"
+        + (
+            ""
+            if args.trl_token_rows
+            else "; without the ChatML token rows (TRL 1.16 fused LM head: "
+            "AttributeError: 'TrainableTokensWrapper' object has no attribute 'bias')"
+        ),
+        "details": results,
+        "flop_formula": "(4*N_decoder_matrices + 2*N_trained_matrices) * (non-pad tokens + soft-prompt positions)"
+        " + 4 * vocab * hidden * labeled tokens",
+    }
+    name = "fa_adapt_train" if methods == ["lora"] else "fa_adapt_train_" + "_".join(methods)
+    if args.gemma2_2b:
+        name += "_gemma2_2b"
+    report(name, "fa_adapt fine-tuning: one epoch over the same rows", rows, meta)
+
+
+if __name__ == "__main__":
+    main()
