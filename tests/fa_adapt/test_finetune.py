@@ -89,6 +89,11 @@ def test_finetune_writes_run_and_loads_back(tiny_model_dir, chat_jsonl, tmp_path
     assert metrics["train_rows"] == 20 and metrics["validation_rows"] == 4
     run = load_run(out)
     assert run.method == method and run.config["method"] == method and not run.model.training
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    # trained ChatML rows are merged for inference (unmerged, each forward copies the embedding)
+    token_layers = [m for m in run.model.modules() if isinstance(m, TrainableTokensLayer)]
+    assert all(m.merged for m in token_layers) and (token_layers or method != "lora")
     ids = torch.tensor([run.tokenizer("<|im_start|>user\nسلام<|im_end|>\n")["input_ids"]])
     with torch.no_grad():
         logits = run.model(input_ids=ids).logits
