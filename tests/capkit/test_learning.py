@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from capkit.captioning import Decoding, caption_images, load_model
 from capkit.data import load_dataset
 from capkit.training import TrainConfig, train
 from capkit.vocab import clean_caption
@@ -32,15 +33,20 @@ def subset(flickr_sample, tmp_path_factory):
     return root
 
 
+# Epochs and learning rates for a short run on 240 images, measured: at its full-run rate the
+# transformer still emits "a man in a red in a red" after 2 epochs; at 1e-3 it captions after 5.
+SHORT_RUN = {"lstm": (4, None), "attention": (3, 2e-3), "transformer": (5, 1e-3)}
+
+
 @pytest.mark.slow
-# lstm only in CI: the three together exceed the 7-minute budget on the shared 2-core machine;
-# attention and transformer were measured on the full sample (see docs/capkit.md).
-@pytest.mark.parametrize("decoder", ["lstm"])
+@pytest.mark.parametrize("decoder", list(SHORT_RUN))
 def test_decoder_learns_on_real_photos(subset, tmp_path, decoder):
+    epochs, lr = SHORT_RUN[decoder]
     cfg = TrainConfig(
         data=str(subset),
         decoder=decoder,
-        epochs=4,
+        epochs=epochs,
+        lr=lr,
         batch_size=32,
         output=str(tmp_path / decoder),
         cache_dir=str(subset / ".cache"),
@@ -50,11 +56,20 @@ def test_decoder_learns_on_real_photos(subset, tmp_path, decoder):
     assert metrics["best_val_loss"] < metrics["initial_val_loss"] - 2.0, metrics["history"]
     assert metrics["best_val_loss"] < 4.6, metrics["history"]
     vocab = set(json.loads((out / "word_to_id.json").read_text()))
+    # every validation photo, with the decoding the shipped captioner uses (a short run's greedy
+    # output loops: "a man in a man in a man")
+    model = load_model(out)
+    decoding = Decoding(strategy="beam", beam_size=3, no_repeat_ngram=2)
+    val = load_dataset(subset).split("val")
+    results = caption_images(model, [r.image for r in val], decoding)
+    stop = {"a", "an", "the", "is", "are", "in", "on", "of", "with", "and", "<unk>"}
     mentions = 0
-    for sample in metrics["samples"]:
-        words = sample["generated"].split()
-        assert 2 <= len(words) <= cfg.max_length and set(words) <= vocab, sample
-        reference_words = {w for c in sample["references"] for w in clean_caption(c).split()}
-        content = set(words) - {"a", "an", "the", "is", "are", "in", "on", "of", "with", "and", "<unk>"}
-        mentions += bool(content & reference_words)
-    assert mentions >= len(metrics["samples"]) - 1, metrics["samples"]
+    for record, result in zip(val, results, strict=True):
+        words = result.caption.split()
+        assert 2 <= len(words) <= cfg.max_length + 1 and set(words) <= vocab, result
+        reference_words = {w for c in record.captions for w in clean_caption(c).split()}
+        mentions += bool((set(words) - stop) & reference_words)
+    captions = [r.caption for r in results]
+    assert mentions >= 0.7 * len(val), list(zip(captions, [r.captions[0] for r in val], strict=True))
+    # not one caption for every photo: what it says depends on the image
+    assert len(set(captions)) >= len(val) // 3, captions
