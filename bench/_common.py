@@ -74,7 +74,9 @@ def rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def timed(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1, sync: Callable[[], None] | None = None) -> float:
+def timed(
+    fn: Callable[[], Any], repeat: int = 3, warmup: int = 1, sync: Callable[[], None] | None = None
+) -> float:
     """Median wall time of `fn` over `repeat` runs after `warmup` runs, in seconds."""
     for _ in range(warmup):
         fn()

@@ -60,8 +60,18 @@ def main() -> None:
     nf4 = in_subprocess(Path(__file__), ["--child", "nf4", *extra])
     rows = []
     for key in base:
-        rows.append({"what": key, "unquantized": base[key], "nf4": nf4[key], "nf4 / unquantized": nf4[key] / base[key]})
-    meta = machine(args.device) | {"model": args.model or "gemma-3-270m (embedded)", "command": " ".join(sys.argv)}
+        rows.append(
+            {
+                "what": key,
+                "unquantized": base[key],
+                "nf4": nf4[key],
+                "nf4 / unquantized": nf4[key] / base[key],
+            }
+        )
+    meta = machine(args.device) | {
+        "model": args.model or "gemma-3-270m (embedded)",
+        "command": " ".join(sys.argv),
+    }
     report("fa_adapt_memory", "Model memory: NF4 vs unquantized (MiB)", rows, meta)
 
 

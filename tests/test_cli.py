@@ -34,7 +34,9 @@ def test_help_is_fast_and_imports_no_torch():
         "print(time.perf_counter()-t); print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[1:] == ["False", "False"]
     assert time.perf_counter() - start < 5  # generous for a loaded CI machine; typically ~0.3 s
 

@@ -11,18 +11,36 @@ from adapt.cli import command
 
 
 def caption_train(
-    path: Annotated[Path, typer.Argument(help="Dataset folder: Flickr8k (Kaggle or original layout) or images + captions.csv.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="Dataset folder: Flickr8k (Kaggle or original layout) or images + captions.csv."),
+    ],
     decoder: Annotated[str, typer.Option(help="Decoder: lstm, attention or transformer.")] = "attention",
-    encoder: Annotated[str, typer.Option(help="Image encoder: efficientnet_lite0, efficientnet_b0, any torchvision model, or NAME=weights.pth.")] = "efficientnet_lite0",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Image encoder: efficientnet_lite0, efficientnet_b0, any torchvision model, or NAME=weights.pth."
+        ),
+    ] = "efficientnet_lite0",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 12,
     batch_size: Annotated[int, typer.Option(help="Captions per batch (per process).")] = 64,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default depends on the decoder).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Run folder (default runs/caption-DECODER-TIME).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the stopped run in --output from its last checkpoint.")] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/caption-DECODER-TIME).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the stopped run in --output from its last checkpoint.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, batch order).")] = 0,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation loss.")] = 3,
-    min_count: Annotated[int, typer.Option(help="Keep words seen at least this often in training captions.")] = 3,
-    max_length: Annotated[int, typer.Option(help="Longest caption in words; longer ones are truncated.")] = 25,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better validation loss.")
+    ] = 3,
+    min_count: Annotated[
+        int, typer.Option(help="Keep words seen at least this often in training captions.")
+    ] = 3,
+    max_length: Annotated[
+        int, typer.Option(help="Longest caption in words; longer ones are truncated.")
+    ] = 25,
 ) -> None:
     """Train a caption decoder on frozen encoder features; writes one run folder."""
     import signal
@@ -30,8 +48,17 @@ def caption_train(
     from capkit.training import TrainConfig, train
 
     cfg = TrainConfig(
-        data=str(path), decoder=decoder, encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr,
-        output=str(output) if output else None, seed=seed, patience=patience, min_count=min_count, max_length=max_length,
+        data=str(path),
+        decoder=decoder,
+        encoder=encoder,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        output=str(output) if output else None,
+        seed=seed,
+        patience=patience,
+        min_count=min_count,
+        max_length=max_length,
     )
     # A SIGTERM (a scheduler stopping the job) is handled like Ctrl-C: checkpoint kept, resume hint
     # printed. The old handler comes back afterwards (this function may run inside a longer process).
@@ -45,7 +72,9 @@ def caption_train(
 
 def caption_data(
     path: Annotated[Path, typer.Argument(help="Dataset folder (any layout caption-train accepts).")],
-    out: Annotated[Path, typer.Option(help="Folder for stats.json and the PNG figures.")] = Path("caption-data"),
+    out: Annotated[Path, typer.Option(help="Folder for stats.json and the PNG figures.")] = Path(
+        "caption-data"
+    ),
     seed: Annotated[int, typer.Option(help="Seed for the split and the random images shown.")] = 0,
 ) -> None:
     """Dataset statistics and figures: 5 random images with captions, caption lengths, frequent words."""
@@ -59,7 +88,13 @@ def caption_data(
         typer.echo(f)
 
 
-def _decoding_for(model, strategy: str | None, beam_size: int | None, no_repeat_ngram: int | None, max_len: int | None = None):
+def _decoding_for(
+    model,
+    strategy: str | None,
+    beam_size: int | None,
+    no_repeat_ngram: int | None,
+    max_len: int | None = None,
+):
     """The model's preferred decoding with the flags the user gave laid over it."""
     from dataclasses import replace
 
@@ -94,14 +129,38 @@ def _load_model_flag(model: str | None):
 
 
 def caption(
-    images: Annotated[list[str], typer.Argument(help="Image files, folders of images, or glob patterns.", show_default=False)],
-    model: Annotated[str | None, typer.Option(help="Run folder of caption-train (default: the captioner shipped with capkit).")] = None,
-    decoding: Annotated[str | None, typer.Option(help="greedy, no-repeat or beam (default: what the model was validated with).")] = None,
+    images: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders of images, or glob patterns.", show_default=False),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Run folder of caption-train (default: the captioner shipped with capkit)."),
+    ] = None,
+    decoding: Annotated[
+        str | None,
+        typer.Option(help="greedy, no-repeat or beam (default: what the model was validated with)."),
+    ] = None,
     beam_size: Annotated[int | None, typer.Option(help="Beams for --decoding beam.")] = None,
-    no_repeat_ngram: Annotated[int | None, typer.Option(help="Never repeat an n-gram of this size (0: off; no-repeat uses 1).")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Longest caption in words (default: the model's).")] = None,
-    attention_map: Annotated[Path | None, typer.Option(help="Draw per-word attention to this PNG (attention decoder; one file per image when several).")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of {image, caption} (unreadable images: caption null and an error).")] = False,
+    no_repeat_ngram: Annotated[
+        int | None, typer.Option(help="Never repeat an n-gram of this size (0: off; no-repeat uses 1).")
+    ] = None,
+    max_len: Annotated[
+        int | None, typer.Option(help="Longest caption in words (default: the model's).")
+    ] = None,
+    attention_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw per-word attention to this PNG (attention decoder; one file per image when several)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print a JSON list of {image, caption} (unreadable images: caption null and an error).",
+        ),
+    ] = False,
 ) -> None:
     """Caption images: one line per image (just the caption when there is one image); unreadable ones among several are skipped and counted."""
     import json
@@ -130,10 +189,17 @@ def caption(
     captioned = [r for r in results if not r.error]
     if attention_map is not None:
         for r in captioned:
-            target = attention_map if len(paths) == 1 else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
+            target = (
+                attention_map
+                if len(paths) == 1
+                else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
+            )
             typer.echo(f"attention map: {draw_attention_map(loaded, r.image, r.caption, target)}", err=True)
     if json_output:
-        rows = [{"image": str(r.image), "caption": r.caption, **({"error": r.error} if r.error else {})} for r in results]
+        rows = [
+            {"image": str(r.image), "caption": r.caption, **({"error": r.error} if r.error else {})}
+            for r in results
+        ]
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     elif len(paths) == 1:
         typer.echo(results[0].caption)
@@ -164,13 +230,31 @@ def _exit_without_teardown() -> None:
 
 
 def caption_eval(
-    items: Annotated[list[str], typer.Argument(help="RUN [RUN...] PATH: run folders, `default` or `knn`, then the dataset folder.", show_default=False)],
+    items: Annotated[
+        list[str],
+        typer.Argument(
+            help="RUN [RUN...] PATH: run folders, `default` or `knn`, then the dataset folder.",
+            show_default=False,
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Split to evaluate on: train, val or test.")] = "val",
-    decoding: Annotated[list[str] | None, typer.Option(help="greedy, no-repeat or beam; repeat to compare several (default greedy).")] = None,
+    decoding: Annotated[
+        list[str] | None,
+        typer.Option(help="greedy, no-repeat or beam; repeat to compare several (default greedy)."),
+    ] = None,
     beam_size: Annotated[int, typer.Option(help="Beams for --decoding beam.")] = 3,
-    no_repeat_ngram: Annotated[int | None, typer.Option(help="Ban repeated n-grams of this size (0: off; no-repeat uses 1).")] = None,
-    length_penalty: Annotated[float, typer.Option(help="Beam: rank finished captions by log-prob / length**this.")] = 1.0,
-    out: Annotated[Path, typer.Option(help="Folder for comparison.json, summary.md and one eval.json + predictions.png per model.")] = Path("caption-eval"),
+    no_repeat_ngram: Annotated[
+        int | None, typer.Option(help="Ban repeated n-grams of this size (0: off; no-repeat uses 1).")
+    ] = None,
+    length_penalty: Annotated[
+        float, typer.Option(help="Beam: rank finished captions by log-prob / length**this.")
+    ] = 1.0,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for comparison.json, summary.md and one eval.json + predictions.png per model."
+        ),
+    ] = Path("caption-eval"),
     limit: Annotated[int | None, typer.Option(help="Only the first N images of the split.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (starts Java; ~20 s).")] = True,
 ) -> None:
@@ -184,7 +268,9 @@ def caption_eval(
     from capkit.evaluation import compare, results_table
 
     if len(items) < 2:
-        raise UserError("caption-eval needs at least one RUN (a run folder, `default` or `knn`) and then the dataset PATH")
+        raise UserError(
+            "caption-eval needs at least one RUN (a run folder, `default` or `knn`) and then the dataset PATH"
+        )
     *models, dataset = items
     check_positive("--beam-size", beam_size)
     check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
@@ -192,7 +278,9 @@ def caption_eval(
     for name in decoding or []:
         check_choice("--decoding", name, list(STRATEGIES))
     decodings = [
-        Decoding(strategy=name, beam_size=beam_size, no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+        Decoding(
+            strategy=name, beam_size=beam_size, no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty
+        )
         for name in dict.fromkeys(decoding or ["greedy"])
     ]
     results = compare(models, dataset, split=split, decodings=decodings, out=out, limit=limit, meteor=meteor)
@@ -206,7 +294,17 @@ def caption_eval(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root `adapt` app."""
-    command(app, caption_train, name="caption-train", help="Train an image captioner (lstm / attention / transformer decoder).")
+    command(
+        app,
+        caption_train,
+        name="caption-train",
+        help="Train an image captioner (lstm / attention / transformer decoder).",
+    )
     command(app, caption_data, name="caption-data", help="Statistics and plots of a captioning dataset.")
     command(app, caption, name="caption", help="Caption images (default: the captioner shipped with capkit).")
-    command(app, caption_eval, name="caption-eval", help="Evaluate and compare captioners (runs, default, knn) on a dataset split.")
+    command(
+        app,
+        caption_eval,
+        name="caption-eval",
+        help="Evaluate and compare captioners (runs, default, knn) on a dataset split.",
+    )

@@ -47,8 +47,11 @@ def add_chatml_tokens(tokenizer: Any, model: Any | None = None) -> list[int]:
     if not missing:
         return []
     pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in missing}
-    tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False) \
-        if _accepts_replace_flag(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+    ) if _accepts_replace_flag(tokenizer) else tokenizer.add_special_tokens(
+        {"additional_special_tokens": missing}
+    )
     new_ids = tokenizer.convert_tokens_to_ids(missing)
     if model is not None:
         import torch

@@ -47,7 +47,16 @@ def test_torchrun_two_processes(tiny_model_dir, chat_jsonl, tmp_path):
     runner.write_text(script)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(runner)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(runner),
+        ],
         capture_output=True,
         text=True,
         env=env,
