@@ -128,3 +128,42 @@ def test_bad_flags():
         resolve_config(batch_size=0)
     with pytest.raises(UserError, match="--epochs"):
         resolve_config(epochs=-1)
+
+
+def test_freeze_resumed_from_a_checkpoint_reaches_the_same_state(tiny_model_dir, chat_jsonl, tmp_path):
+    """A checkpoint holds the freeze strategy's trained layers (not adapter weights) and no copy of
+    the resized embedding; resuming from step 4 ends where the uninterrupted run ended."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from fa_adapt import finetune
+
+    common = dict(
+        method="freeze",
+        model=str(tiny_model_dir),
+        data=str(chat_jsonl),
+        quantization="none",
+        max_steps=8,
+        batch_size=4,
+        lr=1e-2,
+        logging_steps=1,
+        eval_steps=4,
+        save_steps=4,
+    )
+    reference = finetune(output=str(tmp_path / "reference"), **common)
+    checkpoint = reference / "checkpoints" / "checkpoint-4"
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.endswith(("embed_tokens.weight", "lm_head.weight"))]
+    # what a run stopped after step 4 leaves behind
+    stopped = tmp_path / "stopped" / "checkpoints"
+    stopped.mkdir(parents=True)
+    shutil.copytree(checkpoint, stopped / "checkpoint-4")
+    shutil.copy(reference / "checkpoints" / "resume.json", stopped / "resume.json")
+    resumed = finetune(output=str(tmp_path / "stopped"), resume=True, **common)
+    a = json.loads((reference / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["steps"] == 8
+    after = [round(loss, 4) for step, loss in a["train_loss"] if step > 4]
+    assert [round(loss, 4) for step, loss in b["train_loss"] if step > 4] == after
+    assert b["final_eval_loss"] == pytest.approx(a["final_eval_loss"], abs=1e-4)
