@@ -34,6 +34,12 @@ def register(app: typer.Typer) -> None:
         name="evaluate",
         help="Held-out loss/perplexity and answer metrics, vs the base.",
     )
+    command(
+        app,
+        export_command,
+        name="export",
+        help="Write a lora/freeze run as one merged transformers model (bf16).",
+    )
 
 
 def _load_yaml(path: Path) -> dict:
@@ -65,7 +71,10 @@ def finetune_command(
     output: Annotated[
         str | None, typer.Option(help="Run folder to write (default runs/fa-<method>-<time>).")
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Training epochs (default 1; the source used lora 5, prompt 10, freeze 3)."),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many optimizer steps (overrides epochs).")
     ] = None,
@@ -361,3 +370,19 @@ def evaluate_command(
 
         Console().print(report_table(report))
     typer.echo(str(target_out), err=True)
+
+
+def export_command(
+    run: Annotated[str, typer.Argument(help="A lora or freeze run folder from `adapt finetune`.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the merged model (default RUN-merged).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Saved weight type: bfloat16, float16 or float32.")] = "bfloat16",
+) -> None:
+    """Merge a run into the unquantized base model and save it (loads with transformers alone)."""
+    from fa_adapt.export import export_run
+
+    target = output or Path(str(Path(run)).rstrip("/") + "-merged")
+    with _stderr_console().status(f"merging {run} into the unquantized base model…"):
+        written = export_run(run, target, dtype=dtype)
+    typer.echo(str(written))

@@ -326,6 +326,11 @@ def load_target(spec: str, base: bool = False) -> Target:
 
     if spec == BASE:
         return load_base()
+    if (Path(spec) / EXPORT_MARKER).is_file():  # a merged model from `adapt export`: plain transformers
+        from fa_adapt.loading import load_model, load_tokenizer
+
+        model = load_model(spec, quantization="none", for_training=False).eval()
+        return Target(f"merged ({Path(spec).name})", model, load_tokenizer(spec))
     if base:
         cfg_path = Path(spec) / "config.json"
         if not cfg_path.is_file():
@@ -336,3 +341,6 @@ def load_target(spec: str, base: bool = False) -> Target:
         return load_base(cfg.get("model"), cfg.get("quantization", "nf4"))
     run = load_run(spec)
     return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)
+
+
+EXPORT_MARKER = "adapt_export.json"  # written by fa_adapt.export into a merged-model folder

@@ -1,0 +1,104 @@
+"""`adapt export RUN`: a run as one standalone transformers model (merged weights, bf16 by default).
+
+A LoRA run is merged into the *unquantized* base weights: merging into 4-bit weights would round
+the low-rank update away into the NF4 grid. A freeze run's trained layers and ChatML rows are
+written into the unquantized base the same way. Prompt tuning has no weights to merge (its soft
+prompt is an input, not a weight change), so it is refused with the reason.
+
+The folder loads with `AutoModelForCausalLM.from_pretrained` alone (no PEFT, no fa_adapt): it holds
+the tokenizer with the ChatML tokens and a ChatML `chat_template`, and a generation config that
+stops at `<|im_end|>`. It is written to a staging folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.runio import check_choice, write_json
+from fa_adapt.chatml import IM_END, IM_START
+from fa_adapt.generation import EXPORT_MARKER
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+# what `fa_adapt.generation` builds by hand, as a template for `tokenizer.apply_chat_template`
+CHATML_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    f"{{{{ '{IM_START}' + message['role'] + '\\n' + message['content'] + '{IM_END}' + '\\n' }}}}"
+    "{% endfor %}"
+    f"{{% if add_generation_prompt %}}{{{{ '{IM_START}assistant\\n' }}}}{{% endif %}}"
+)
+
+
+def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, run config) of a lora or freeze run with every trained part merged into
+    the unquantized base weights (fp32)."""
+    from fa_adapt.runs import load_run
+
+    run = load_run(run_path, quantization="none")
+    if run.method == "prompt":
+        raise UserError(
+            f"{run_path}: a prompt-tuning run has no weights to merge (its soft prompt is prepended to "
+            "the input); use it through `adapt generate`/`fa_adapt.load_run`"
+        )
+    model = run.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model, run.tokenizer, run.config
+
+
+def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16") -> Path:
+    """Write `run_path` (a lora or freeze run folder) as a merged model in `output`; returns `output`.
+
+    `dtype` is the saved weight type (`bfloat16` by default, as the source model; `float32` keeps
+    the merged weights exactly). An existing `output` is replaced only once the new one is complete.
+    """
+    import torch
+
+    check_choice("--dtype", dtype, DTYPES)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out}: exists and is not a folder")
+    if out.resolve() == Path(run_path).resolve():
+        raise UserError(f"--output {out}: must differ from the run folder")
+    model, tokenizer, cfg = merged_model(run_path)
+    model = model.to(getattr(torch, dtype))
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    stops = [im_end] + [t for t in [tokenizer.eos_token_id] if t is not None and t != im_end]
+    model.config.eos_token_id = stops
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = stops
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = True
+    tokenizer.chat_template = CHATML_TEMPLATE
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        write_json(
+            staging / EXPORT_MARKER,
+            {
+                "run": str(Path(run_path).resolve()),
+                "method": cfg["method"],
+                "dtype": dtype,
+                "base_model": cfg.get("model") or "Gemma 3 270M (embedded default)",
+            },
+        )
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
