@@ -2,6 +2,8 @@
 
 Each is a config dataclass (its defaults are the source's settings) plus an `apply` function that
 takes a loaded model and the ids of newly added ChatML tokens and returns the model to train.
+The source trained lora 5 epochs, prompt 10 and freeze 3; a default run makes one pass
+(`training.DEFAULT_EPOCHS`), and `--epochs` gives the source's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ class PromptConfig:
     num_virtual_tokens: int = 20
     init_text: str | None = None
     lr: float = 3e-2
-    epochs: float = 10
 
 
 @dataclass
@@ -29,7 +30,6 @@ class LoraConfig:
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lr: float = 2e-4
-    epochs: float = 5
 
 
 @dataclass
@@ -38,7 +38,6 @@ class FreezeConfig:
 
     layers: str = "first,last"
     lr: float = 5e-5
-    epochs: float = 3
 
 
 def decoder_layer_names(model_config: Any) -> list[str]:
