@@ -134,13 +134,13 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str | None = None) -> Any:
-    """The tokenizer of `name_or_path` (None = the embedded Gemma 3 270M)."""
+def load_tokenizer(name_or_path: str | None = None, **kwargs: Any) -> Any:
+    """The tokenizer of `name_or_path` (None = the embedded Gemma 3 270M); `kwargs` go to `from_pretrained`."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, **kwargs)
     except OSError as err:
         raise UserError(
             f"--model {name_or_path}: cannot load tokenizer ({str(err).splitlines()[0]})"

@@ -152,7 +152,9 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
 
         skip = decoder_layer_names(AutoConfig.from_pretrained(base_path))
     model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False)
-    tokenizer = load_tokenizer(str(folder))
+    # as saved, exactly as trained; also keeps transformers from taking the run's own config.json
+    # (no model_type) for an old Mistral checkpoint's and warning about a Mistral regex
+    tokenizer = load_tokenizer(str(folder), fix_mistral_regex=False)
     base_tokenizer = load_tokenizer(base_path)
     add_chatml_tokens(base_tokenizer, model)  # same rows as in training, before the trained deltas
     if len(base_tokenizer) != len(tokenizer):
