@@ -16,7 +16,14 @@ from fa_adapt import metrics
 from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, unpack
 
 LOSS_KEYS = ("loss", "perplexity")
-GENERATION_KEYS = ("persian_ratio", "repeat_3gram", "stop_rate", "answer_tokens_mean", "tokens_per_s")
+GENERATION_KEYS = (
+    "persian_ratio",
+    "repeat_3gram",
+    "stop_rate",
+    "prompt_echo",
+    "answer_tokens_mean",
+    "tokens_per_s",
+)
 # for each metric, whether a higher value is better (used to mark a change as good or bad)
 HIGHER_IS_BETTER = {
     "loss": False,
@@ -24,6 +31,7 @@ HIGHER_IS_BETTER = {
     "persian_ratio": True,
     "repeat_3gram": False,
     "stop_rate": True,
+    "prompt_echo": False,
     "answer_tokens_mean": None,
     "tokens_per_s": True,
 }
@@ -99,7 +107,7 @@ def heldout_loss(
 
 
 def answer_metrics(answers: Sequence[Answer]) -> dict[str, float]:
-    """persian_ratio, repeat_3gram, stop_rate, answer_tokens_mean, tokens_per_s of generated answers."""
+    """persian_ratio, repeat_3gram, stop_rate, prompt_echo, answer_tokens_mean, tokens_per_s of answers."""
     texts = [a.answer for a in answers]
     seconds = sum(a.seconds for a in answers)
     tokens = sum(a.tokens for a in answers)
@@ -107,6 +115,7 @@ def answer_metrics(answers: Sequence[Answer]) -> dict[str, float]:
         "persian_ratio": metrics.persian_ratio(texts),
         "repeat_3gram": metrics.repeat_ngram_rate(texts, 3),
         "stop_rate": metrics.stop_rate([a.stopped for a in answers]),
+        "prompt_echo": metrics.prompt_echo_rate((a.prompt, a.answer) for a in answers),
         "answer_tokens_mean": tokens / len(answers) if answers else 0.0,
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
     }

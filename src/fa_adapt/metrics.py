@@ -2,7 +2,9 @@
 
 The source saw its models switch to English mid-answer, repeat words, and ramble; these measure
 exactly that: the share of Persian-script letters, the rate of repeated word 3-grams, and the
-share of answers that ended on their own before the length limit.
+share of answers that ended on their own before the length limit. A small model that has learnt
+the chat format but not to answer copies the question back, which none of those three sees; the
+share of answer 2-grams copied from the prompt does.
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ def repeat_ngram_rate(texts: str | Iterable[str], n: int = 3) -> float:
         r, g = ngram_counts(t, n)
         repeated, total = repeated + r, total + g
     return repeated / total if total else 0.0
+
+
+def prompt_echo_rate(pairs: Iterable[tuple[str, str]], n: int = 2) -> float:
+    """Share of the answers' word n-grams that also occur in their own prompt, pooled over
+    (prompt, answer) pairs; 1.0 when every answer only repeats its question, 0.0 when there are none."""
+    copied = total = 0
+    for prompt, answer in pairs:
+        words, asked = answer.split(), prompt.split()
+        prompt_grams = {tuple(asked[i : i + n]) for i in range(len(asked) - n + 1)}
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        copied += sum(g in prompt_grams for g in grams)
+        total += len(grams)
+    return copied / total if total else 0.0
 
 
 def stop_rate(stopped: Sequence[bool]) -> float:

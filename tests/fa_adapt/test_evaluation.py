@@ -93,6 +93,7 @@ def test_answer_metrics_on_hand_made_answers():
     assert m["persian_ratio"] == pytest.approx(10 / 30)
     assert m["repeat_3gram"] == pytest.approx(1 / 3)  # 1 of 3 trigrams (all in the English answer)
     assert m["stop_rate"] == 0.5
+    assert m["prompt_echo"] == 0.0  # nothing copied from the prompt "p"
     assert m["answer_tokens_mean"] == 7
     assert m["tokens_per_s"] == 7
 

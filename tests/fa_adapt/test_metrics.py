@@ -12,6 +12,7 @@ from fa_adapt.metrics import (
     ngram_counts,
     perplexity,
     persian_ratio,
+    prompt_echo_rate,
     repeat_ngram_rate,
     stop_rate,
 )
@@ -42,6 +43,16 @@ def test_repeat_3gram_rate():
     assert repeat_ngram_rate("من خوبم من خوبم من خوبم") == 0.5
     assert repeat_ngram_rate(["a a a a", "x y"]) == 0.5  # 1 of 2 trigrams; "x y" has none
     assert repeat_ngram_rate("") == 0.0
+
+
+def test_prompt_echo_rate():
+    question = "ملکه الیزابت کیست؟"
+    assert prompt_echo_rate([(question, question)]) == 1.0  # the answer is the question
+    # "ملکه الیزابت" is the question's; "الیزابت ملکه" and "ملکه انگلستان" are not: 1 of 3
+    assert prompt_echo_rate([(question, "ملکه الیزابت ملکه انگلستان")]) == pytest.approx(1 / 3)
+    assert prompt_echo_rate([(question, "او ملکه بود"), (question, "سلام")]) == 0.0  # "سلام": no 2-gram
+    assert prompt_echo_rate([(question, question), ("a b", "c d e")]) == pytest.approx(2 / 4)  # pooled
+    assert prompt_echo_rate([]) == 0.0
 
 
 def test_stop_rate_and_perplexity():
