@@ -196,7 +196,9 @@ def finetune(**settings: Any) -> Path:
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
     max_steps = int(cfg["max_steps"]) if cfg["max_steps"] else -1
     total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * cfg["epochs"])
-    eval_steps = cfg["eval_steps"] or max(1, total_steps // 2)
+    # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
+    # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
+    eval_steps = cfg["eval_steps"] or max(1, math.ceil(total_steps / 2))
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg["batch_size"],
