@@ -119,6 +119,17 @@ def test_load_run_rejects_non_run(tmp_path):
         load_run(tmp_path)
 
 
+def test_default_run_is_one_epoch_and_flags_override_it():
+    from fa_adapt.training import resolve_config
+
+    for method in ("lora", "prompt", "freeze"):
+        cfg = resolve_config(method=method, output="x")
+        assert (cfg["epochs"], cfg["max_steps"]) == (1.0, None)
+    assert resolve_config(epochs=5, output="x")["epochs"] == 5
+    cfg = resolve_config(max_steps=7, output="x")
+    assert (cfg["epochs"], cfg["max_steps"]) == (None, 7)  # training then stops after 7 steps
+
+
 def test_bad_flags():
     from fa_adapt.training import resolve_config
 
