@@ -77,6 +77,13 @@ _register_all()
 
 def main() -> None:
     """Entry point of the `adapt` console script."""
+    import warnings
+
+    # peft 0.21 reads a property transformers 5 deprecated, once per adapter model built: a
+    # warning about the two libraries, not about anything the user did or can change
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     sys.exit(app())
 
 
