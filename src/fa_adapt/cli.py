@@ -78,7 +78,9 @@ def finetune_command(
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many optimizer steps (overrides epochs).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: lora 1e-3, prompt 3e-2, freeze 5e-5).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: lora 1e-3, prompt 3e-2, freeze 5e-5).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Rows per device batch.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
     max_length: Annotated[
