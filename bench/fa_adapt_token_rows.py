@@ -14,12 +14,14 @@ function (tests/fa_adapt/test_token_rows.py checks gradients exactly on a small 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("COLUMNS", "200")  # the results table is wide; do not squeeze it to 80
 from _common import load_average, machine, report, require_device  # noqa: E402
 from _fa_adapt import quiet  # noqa: E402
 
@@ -76,9 +78,10 @@ def run_method(method: str, n_batches: int, repeat: int, device: str) -> list[di
     for _ in range(repeat):
         total = {"peft": 0.0, "row-only": 0.0}
         checks = {"peft": [], "row-only": []}
-        for batch in batches[1:]:
+        for i, batch in enumerate(batches[1:]):
             for name in ("peft", "row-only"):
                 _set_forward(model, name == "row-only")
+                torch.manual_seed(i)  # the same LoRA dropout masks for both forwards
                 seconds, loss, norm = _step(model, batch, sync)
                 total[name] += seconds
                 checks[name].append((loss, norm))
