@@ -43,6 +43,16 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
             tmp_path.unlink()
 
 
+def set_normal_modes(folder: str | os.PathLike[str]) -> None:
+    """Give `folder` (e.g. from `tempfile.mkdtemp`) and the files directly in it the modes a plain
+    `mkdir` and write would have given them (mkdtemp and some writers create owner-only entries)."""
+    root = Path(folder)
+    os.chmod(root, 0o777 & ~_UMASK)
+    for entry in root.iterdir():
+        if entry.is_file():
+            os.chmod(entry, _FILE_MODE)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import check_choice, write_json
+from adapt.runio import check_choice, set_normal_modes, write_json
 from fa_adapt.chatml import IM_END, IM_START
 from fa_adapt.generation import EXPORT_MARKER
 
@@ -48,7 +49,9 @@ def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
         )
     model = run.model
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        with warnings.catch_warnings():  # load_run merged the ChatML rows already; PEFT says so
+            warnings.filterwarnings("ignore", message="All adapters are already merged")
+            model = model.merge_and_unload()
     return model, run.tokenizer, run.config
 
 
@@ -91,6 +94,7 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
                 "base_model": cfg.get("model") or "Gemma 3 270M (embedded default)",
             },
         )
+        set_normal_modes(staging)
         if out.exists():
             old = out.parent / f".{out.name}.old"
             shutil.rmtree(old, ignore_errors=True)

@@ -4,6 +4,7 @@ and computes what the run computes; prompt tuning is refused with the reason."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -84,6 +85,10 @@ def test_export_default_is_bf16_and_generates_through_adapt(tiny_model_dir, chat
     target = load_target(str(out))  # `adapt generate MERGED ...` takes the folder too
     answer = generate(target.model, "سلام", tokenizer=target.tokenizer, max_new_tokens=5)
     assert answer.tokens > 0
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's owner-only 0700
+    assert ((out / "model.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask
     # exporting again replaces the folder only when the new one is complete; no staging left over
     export_run(run_dir, out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
