@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from adapt.runio import atomic_path, read_json, write_json
+from adapt.runio import atomic_path, read_json, staging_folder, swap_in, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -22,3 +22,22 @@ def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
     os.umask(umask)
     write_json(tmp_path / "config.json", {"a": 1})
     assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_swap_in_replaces_a_folder_whole_with_normal_modes(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "old.bin").write_text("old")
+    with staging_folder(tmp_path) as tmp:
+        staged = tmp / "adapter"
+        (staged / "sub").mkdir(parents=True)
+        weights = staged / "sub" / "w.safetensors"
+        weights.write_text("new")
+        os.chmod(weights, 0o600)  # as safetensors writes its files
+        swap_in(staged, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging, no old copy
+    assert [p.name for p in target.iterdir()] == ["sub"]
+    assert (target / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (target / "sub").stat().st_mode & 0o777 == 0o777 & ~umask

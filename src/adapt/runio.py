@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,14 +44,33 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
             tmp_path.unlink()
 
 
-def set_normal_modes(folder: str | os.PathLike[str]) -> None:
-    """Give `folder` (e.g. from `tempfile.mkdtemp`) and the files directly in it the modes a plain
-    `mkdir` and write would have given them (mkdtemp and some writers create owner-only entries)."""
-    root = Path(folder)
-    os.chmod(root, 0o777 & ~_UMASK)
-    for entry in root.iterdir():
-        if entry.is_file():
-            os.chmod(entry, _FILE_MODE)
+@contextlib.contextmanager
+def staging_folder(parent: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder inside `parent` to build a multi-file folder in (`save_pretrained`) before
+    `swap_in` renames it into place; deleted on exit with whatever it still holds."""
+    root = Path(parent)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Replace folder `target` by the complete folder `staged` (built inside a `staging_folder`) with
+    renames only: the old one is moved into the staging folder, which deletes it.
+
+    safetensors writes its files owner-only (0600); the staged tree first gets the modes a plain
+    `mkdir` and write would have given it.
+    """
+    for folder, _, files in os.walk(staged):
+        os.chmod(folder, 0o777 & ~_UMASK)
+        for name in files:
+            os.chmod(os.path.join(folder, name), _FILE_MODE)
+    if target.exists():
+        os.replace(target, staged.parent / (target.name + "-old"))
+    os.replace(staged, target)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

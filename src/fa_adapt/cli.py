@@ -384,7 +384,7 @@ def export_command(
     """Merge a run into the unquantized base model and save it (loads with transformers alone)."""
     from fa_adapt.export import export_run
 
-    target = output or Path(str(Path(run)).rstrip("/") + "-merged")
+    target = output or Path(f"{Path(run)}-merged")  # Path drops a trailing slash
     with _stderr_console().status(f"merging {run} into the unquantized base model…"):
         written = export_run(run, target, dtype=dtype)
     typer.echo(str(written))

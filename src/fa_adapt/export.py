@@ -7,22 +7,19 @@ prompt is an input, not a weight change), so it is refused with the reason.
 
 The folder loads with `AutoModelForCausalLM.from_pretrained` alone (no PEFT, no fa_adapt): it holds
 the tokenizer with the ChatML tokens and a ChatML `chat_template`, and a generation config that
-stops at `<|im_end|>`. It is written to a staging folder and renamed when complete.
+stops at `<|im_end|>`. It is built in a staging folder and renamed into place when complete.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import check_choice, set_normal_modes, write_json
+from adapt.runio import check_choice, staging_folder, swap_in, write_json
 from fa_adapt.chatml import IM_END, IM_START
-from fa_adapt.generation import EXPORT_MARKER
+from fa_adapt.generation import EXPORT_MARKER, stop_token_ids
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -71,8 +68,7 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
         raise UserError(f"--output {out}: must differ from the run folder")
     model, tokenizer, cfg = merged_model(run_path)
     model = model.to(getattr(torch, dtype))
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    stops = [im_end] + [t for t in [tokenizer.eos_token_id] if t is not None and t != im_end]
+    stops = stop_token_ids(tokenizer)  # <|im_end|> first: generation stops where fa_adapt's does
     model.config.eos_token_id = stops
     if model.generation_config is not None:
         model.generation_config.eos_token_id = stops
@@ -80,13 +76,12 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
     model.config.use_cache = True
     tokenizer.chat_template = CHATML_TEMPLATE
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        model.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
+    with staging_folder(out.parent) as tmp:
+        staged = tmp / out.name
+        model.save_pretrained(str(staged), safe_serialization=True)
+        tokenizer.save_pretrained(str(staged))
         write_json(
-            staging / EXPORT_MARKER,
+            staged / EXPORT_MARKER,
             {
                 "run": str(Path(run_path).resolve()),
                 "method": cfg["method"],
@@ -94,15 +89,5 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
                 "base_model": cfg.get("model") or "Gemma 3 270M (embedded default)",
             },
         )
-        set_normal_modes(staging)
-        if out.exists():
-            old = out.parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        swap_in(staged, out)
     return out

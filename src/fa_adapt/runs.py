@@ -7,17 +7,13 @@ Layout: config.json, metrics.json, loss.png, summary.md, tokenizer files, and ei
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import atomic_path, plot_curves, read_json, write_json, write_text
+from adapt.runio import atomic_path, plot_curves, read_json, staging_folder, swap_in, write_json, write_text
 
 LAYERS_FILE = "trained_layers.safetensors"
 
@@ -54,24 +50,6 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
     )
 
 
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """A temporary folder inside `out` for a `save_pretrained` that writes several files."""
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_in(staged: Path, target: Path) -> None:
-    """Replace folder `target` by the complete folder `staged` with renames only (the old one is
-    moved into the staging folder, which `_staged` deletes)."""
-    if target.exists():
-        os.replace(target, staged.parent / (target.name + "-old"))
-    os.replace(staged, target)
-
-
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Write the run folder (every file atomically)."""
     from safetensors.torch import save_file
@@ -92,10 +70,10 @@ def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metric
     if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
         # the resized embedding is rebuilt at load time (add_chatml_tokens is deterministic) and the
         # trained ChatML rows are in the adapter's token deltas: never copy the 262k-row matrix
-        with _staged(out) as tmp:
+        with staging_folder(out) as tmp:
             model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
-            _swap_in(tmp / "adapter", out / "adapter")
-    with _staged(out) as tmp:
+            swap_in(tmp / "adapter", out / "adapter")
+    with staging_folder(out) as tmp:
         tokenizer.save_pretrained(str(tmp))
         for f in tmp.iterdir():  # each file renamed over the old one: never half-written
             os.replace(f, out / f.name)
