@@ -38,10 +38,15 @@ def persian_ratio(texts: str | Iterable[str]) -> float:
     return persian / total if total else 0.0
 
 
+def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """The word n-grams of `text` in order (words split on whitespace)."""
+    words = text.split()
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
 def ngram_counts(text: str, n: int = 3) -> tuple[int, int]:
     """(repeated word n-grams, all word n-grams) of `text`: an n-gram seen before counts as repeated."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = word_ngrams(text, n)
     return len(grams) - len(set(grams)), len(grams)
 
 
@@ -60,9 +65,8 @@ def prompt_echo_rate(pairs: Iterable[tuple[str, str]], n: int = 2) -> float:
     (prompt, answer) pairs; 1.0 when every answer only repeats its question, 0.0 when there are none."""
     copied = total = 0
     for prompt, answer in pairs:
-        words, asked = answer.split(), prompt.split()
-        prompt_grams = {tuple(asked[i : i + n]) for i in range(len(asked) - n + 1)}
-        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        prompt_grams = set(word_ngrams(prompt, n))
+        grams = word_ngrams(answer, n)
         copied += sum(g in prompt_grams for g in grams)
         total += len(grams)
     return copied / total if total else 0.0

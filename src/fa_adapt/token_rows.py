@@ -3,8 +3,8 @@
 PEFT's trainable-token layer (`trainable_token_indices` for LoRA, `TrainableTokensConfig` for
 freeze) computes its forward from a full copy of the weight with the trained rows written in:
 at the input embedding and again at the tied output projection. On Gemma 3 270M that is two
-671 MB copies per step and a full 262,144 × 640 weight gradient at the output, for two rows; it
-made LoRA and freeze train about 4× slower per token than prompt tuning (docs/benchmarks.md).
+671 MB copies per step and a full 262,144 × 640 weight gradient at the output, for two rows:
+about a quarter of a LoRA or freeze step on a CPU (bench/fa_adapt_token_rows.py).
 
 `use_row_only_forward(model)` swaps those layers' forward for one with the same result and the same
 gradients that touches only the trained rows: the frozen layer runs as it is, then the rows

@@ -47,7 +47,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 # With neither --epochs nor --max-steps a run makes one pass over the data: on the packaged sample
 # that is what a default LoRA run needs to answer in Persian and stop (docs/fa_adapt.md), and it
-# takes minutes on a 2-core CPU. The source's epoch counts (the strategy dataclasses) are a flag away.
+# takes minutes on a 2-core CPU. The source's epoch counts (strategies' docstring) are a flag away.
 DEFAULT_EPOCHS = 1.0
 
 
