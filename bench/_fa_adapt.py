@@ -108,3 +108,13 @@ def output_projection(model: Any) -> tuple[int, int]:
     """(vocabulary rows, hidden size) of the output projection."""
     cfg = model.config if hasattr(model.config, "vocab_size") else model.config.get_text_config()
     return int(cfg.vocab_size), int(cfg.hidden_size)
+
+
+def use_peft_token_forward(model: Any) -> None:
+    """Undo `fa_adapt.token_rows.use_row_only_forward`: PEFT's own trainable-token forward (the
+    baselines train the ChatML rows the way PEFT does)."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    for module in model.modules():
+        if isinstance(module, TrainableTokensLayer):
+            module.__dict__.pop("forward", None)  # the instance attribute shadowed the class method

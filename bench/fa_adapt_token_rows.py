@@ -23,20 +23,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("COLUMNS", "200")  # the results table is wide; do not squeeze it to 80
 from _common import load_average, machine, report, require_device  # noqa: E402
-from _fa_adapt import quiet  # noqa: E402
+from _fa_adapt import quiet, use_peft_token_forward  # noqa: E402
 
 
 def _set_forward(model: Any, row_only: bool) -> None:
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-
     from fa_adapt.token_rows import use_row_only_forward
 
     if row_only:
         use_row_only_forward(model)
-        return
-    for module in model.modules():
-        if isinstance(module, TrainableTokensLayer):
-            module.__dict__.pop("forward", None)  # back to PEFT's class forward
+    else:
+        use_peft_token_forward(model)
 
 
 def _step(model: Any, batch: dict[str, Any], sync: Any) -> tuple[float, float, float]:

@@ -5,9 +5,11 @@
 Every configuration trains the SAME conversations (a fixed random sample of the bundled Persian
 chat data, train split) for one epoch, after one warm-up step on other rows, all in this process:
   ours-<method>    `adapt finetune`'s setup: batches of 4, length-grouped order, each batch padded
-                   to its own longest row, output projection only at labeled positions
+                   to its own longest row, output projection only at labeled positions, ChatML
+                   rows through the row-only forward (fa_adapt.token_rows)
   source-<method>  the source's setup: batch size 1, every row padded to the fixed --max-length,
-                   plain transformers Trainer (the model's own loss over every position)
+                   plain transformers Trainer (the model's own loss over every position), ChatML
+                   rows through PEFT's own token layer
   trl-lora         TRL's SFTTrainer with the same NF4 model, LoRA config (incl. the ChatML token
                    rows) and the same tokenized rows and labels, gradient checkpointing off as in ours
 Throughput = assistant (labeled) tokens / s and all non-pad tokens / s over the epoch's wall time.
@@ -47,7 +49,14 @@ from _common import (  # noqa: E402
     reset_peak_rss,
     rss_mib,
 )
-from _fa_adapt import check_gpu_flags, decoder_linear_params, model_path, output_projection, quiet  # noqa: E402
+from _fa_adapt import (  # noqa: E402
+    check_gpu_flags,
+    decoder_linear_params,
+    model_path,
+    output_projection,
+    quiet,
+    use_peft_token_forward,
+)
 
 METHODS = ("lora", "prompt", "freeze")
 
@@ -186,6 +195,8 @@ def build(
     model, tokenizer, _, strat = training.prepare_model(cfg)
     if setup == "source":
         from transformers import Trainer
+
+        use_peft_token_forward(model)  # the source's PEFT setup, not fa_adapt's row-only forward
 
         collator = ChatCollator(tokenizer.pad_token_id, pad_to_multiple_of=max_length)
         return dict(
