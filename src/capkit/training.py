@@ -9,6 +9,7 @@ Only the main process writes files.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -146,7 +147,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     from capkit.features import extract_features
 
     cfg.validate()
-    accelerator = Accelerator()
+    # on a machine without a GPU, accelerate treats torchrun's processes as one process each (no
+    # gradient sync, every rank training its own copy on all data) unless told it runs on the CPU
+    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=cpu_ranks)
     main = accelerator.is_main_process
     log = runs.console().print if main else (lambda *a, **k: None)
     names = [cfg.output or runs.default_output(cfg.decoder)]
@@ -268,6 +272,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     mine = chunk[rank::world] or chunk[:1]  # every process must step, even on a short tail
                     pooled, grid, captions = train_set.batch(mine, device)
                     loss = model(pooled, grid, captions)
+                    if world > 1:
+                        loss = loss * _share_of_tokens(captions, train_set.pad_id, bool(chunk[rank::world]))
                     optimizer.zero_grad(set_to_none=True)
                     accelerator.backward(loss)
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -332,6 +338,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise
     accelerator.wait_for_everyone()
     return out
+
+
+def _share_of_tokens(captions: torch.Tensor, pad_id: int, has_rows: bool) -> torch.Tensor:
+    """This process's weight for its mean loss, so that DDP's gradient average equals the gradient of
+    the token mean over the whole global batch (what one process with that batch computes).
+
+    Each process's loss is a mean over its own target tokens, and processes hold different numbers
+    of tokens; weighting by `world * mine / all` makes the average token-weighted. A process that
+    only repeats a row to keep in step on a short last batch gets weight 0.
+    """
+    import torch.distributed as dist
+
+    mine = (captions[:, 1:] != pad_id).sum().float() * float(has_rows)
+    everyone = mine.clone()
+    dist.all_reduce(everyone)
+    return mine * dist.get_world_size() / everyone.clamp(min=1)
 
 
 class _TrainingLoss(torch.nn.Module):

@@ -1,4 +1,5 @@
-"""Trainer callbacks: a Rich progress bar on stderr, and Ctrl-C / SIGTERM → checkpoint, then stop."""
+"""Trainer callbacks: a Rich progress bar on stderr, Ctrl-C / SIGTERM → checkpoint, then stop, and
+the record of the step-0 evaluation that `--resume` needs."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import contextlib
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from adapt.errors import UserError
+from adapt.runio import write_json
 
 
 class Interrupted(UserError):
@@ -65,9 +68,21 @@ class RichProgress(TrainerCallback):
         self.progress.update(self.task, losses=self.losses)
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.close()
+
+    def close(self) -> None:
+        """Stop drawing (idempotent)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    @contextlib.contextmanager
+    def closed_on_exit(self) -> Iterator[None]:
+        """Stop the bar however training ends: an error raised inside it skips `on_train_end`."""
+        try:
+            yield
+        finally:
+            self.close()
 
 
 class InterruptCheckpoint(TrainerCallback):
@@ -114,3 +129,21 @@ class InterruptCheckpoint(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class RecordStart(TrainerCallback):
+    """At the step-0 evaluation, write `settings` and its loss to `path` (JSON), from the main process.
+
+    `--resume` rebuilds a stopped run from that file alone; the loss is the run's starting point.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path, self.settings = path, settings
+        self.initial_eval_loss: float | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+        if state.global_step != 0 or not metrics or "eval_loss" not in metrics:
+            return
+        self.initial_eval_loss = metrics["eval_loss"]
+        if state.is_world_process_zero:
+            write_json(self.path, {"settings": self.settings, "initial_eval_loss": self.initial_eval_loss})

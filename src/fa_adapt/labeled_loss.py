@@ -54,12 +54,15 @@ def labeled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = N
     labels = inputs["labels"]
     targets = labels[:, 1:]
     has_label = targets != IGNORE_INDEX
-    n_virtual = _virtual_tokens(model)
+    # under torchrun the forward goes through the DDP wrapper (it syncs the gradients); the output
+    # layer and the PEFT config are the wrapped model's
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    n_virtual = _virtual_tokens(inner)
     batch, width = labels.shape
     keep = torch.zeros(batch, n_virtual + width, dtype=torch.bool, device=labels.device)
     keep[:, n_virtual : n_virtual + width - 1] = has_label
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    with _project_only(model.get_output_embeddings(), keep):
+    with _project_only(inner.get_output_embeddings(), keep):
         outputs = model(**forward_inputs, use_cache=False)
     logits = outputs.logits[0]
     loss = F.cross_entropy(logits.float(), targets[has_label], reduction="sum")

@@ -24,6 +24,9 @@ from adapt.errors import UserError
 DEFAULT_MODEL_DIRNAME = "gemma-3-270m"
 QUANTIZATIONS = ("nf4", "none")
 _MARKER = "adapt_cache_ok.json"
+# Inference (generate, chat, compare, evaluate) lets bitsandbytes pack 4-bit weights for its fused
+# AVX512-BF16 CPU kernel where the CPU has one: measured in bench/fa_adapt_generate.py
+PACKED_INFERENCE = True
 
 
 def cache_dir() -> Path:
@@ -157,8 +160,10 @@ def load_model(
     """Load a causal LM 4-bit NF4 (double quantization, bf16 compute) or unquantized (`"none"`).
 
     `skip_modules` names modules bitsandbytes must leave unquantized (the layers the freeze
-    strategy trains). Gemma 2 uses eager attention: its logit softcapping is not supported by
-    the fused kernels during training.
+    strategy trains). `for_training` keeps the 4-bit layers in the layout that passes gradients;
+    otherwise they may use bitsandbytes' packed CPU inference layout (`PACKED_INFERENCE`).
+    Gemma 2 uses eager attention: its logit softcapping is not supported by the fused kernels
+    during training.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
@@ -191,6 +196,11 @@ def load_model(
     else:
         kwargs["dtype"] = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    from fa_adapt.quant_layout import keep_trainable_layout, use_inference_layout
+
     if for_training:
         model.config.use_cache = False
+        keep_trainable_layout(model)  # bitsandbytes' packed CPU layout drops gradients: never in training
+    else:
+        use_inference_layout(model, packed=PACKED_INFERENCE)
     return model

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import check_choice, check_positive, read_json, write_json
+from adapt.runio import check_choice, check_positive, read_json
 from fa_adapt import data as chat_data
 from fa_adapt import strategies
 from fa_adapt.loading import QUANTIZATIONS
@@ -159,18 +159,62 @@ def resume_hint(out: Path) -> str:
     return f"adapt finetune --output {shlex.quote(str(out))} --resume"
 
 
-def finetune(**settings: Any) -> Path:
+def _training_arguments(cfg: dict[str, Any], out: Path, total_steps: int, fresh: bool) -> Any:
+    """Trainer's arguments for `cfg`: evaluate at step 0 (fresh runs), halfway and at the end."""
+    import torch
+    from transformers import TrainingArguments
+
+    max_steps = int(cfg["max_steps"]) if cfg["max_steps"] else -1
+    # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
+    # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
+    eval_steps = cfg["eval_steps"] or max(1, math.ceil(total_steps / 2))
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg["batch_size"] * 2,
+        gradient_accumulation_steps=cfg["grad_accum"],
+        learning_rate=cfg["lr"],
+        num_train_epochs=float(cfg["epochs"] or 1),
+        max_steps=max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=min(10, max(0, total_steps // 10)),
+        logging_steps=cfg["logging_steps"],
+        # the step-0 evaluation runs inside train(), after accelerate has wrapped the model: a
+        # trainer.evaluate() before train() marks the bare model as prepared, and under torchrun
+        # it is then never wrapped in DDP (each rank trained its own copy)
+        eval_on_start=fresh,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=cfg["save_steps"] or eval_steps,
+        save_total_limit=2,
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        train_sampling_strategy="group_by_length",  # seeded per epoch: see fa_adapt.trainer
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+
+
+def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     """Fine-tune a causal LM on chat data and write a run folder; returns its path.
 
     Settings are those of `adapt finetune` (see `TRAIN_DEFAULTS`); `None` values take the
-    strategy's defaults. Raises `UserError` for bad settings or data.
+    strategy's defaults. `callbacks` are extra `transformers.TrainerCallback`s. Raises `UserError`
+    for bad settings or data, and `GradientCheckError` (a `UserError`) when a group of trainable
+    tensors gets no gradient at the first step (`fa_adapt.grad_check`).
     """
-    import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from fa_adapt.callbacks import InterruptCheckpoint, Interrupted, RichProgress
-    from fa_adapt.runs import write_run
+    from fa_adapt.callbacks import InterruptCheckpoint, Interrupted, RecordStart, RichProgress
+    from fa_adapt.collator import ChatCollator
+    from fa_adapt.grad_check import GradientGuard
     from fa_adapt.trainer import ChatTrainer
 
     base_eval = None
@@ -191,61 +235,21 @@ def finetune(**settings: Any) -> Path:
     model, tokenizer, new_ids, strat = prepare_model(cfg)
     examples = chat_data.tokenize_conversations(tokenizer, conversations, cfg["max_length"], stats)
     train_rows, val_rows = chat_data.split_train_validation(examples, cfg["seed"])
-    from fa_adapt.collator import ChatCollator
-
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
-    max_steps = int(cfg["max_steps"]) if cfg["max_steps"] else -1
-    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * cfg["epochs"])
-    # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
-    # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
-    eval_steps = cfg["eval_steps"] or max(1, math.ceil(total_steps / 2))
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg["batch_size"],
-        per_device_eval_batch_size=cfg["batch_size"] * 2,
-        gradient_accumulation_steps=cfg["grad_accum"],
-        learning_rate=cfg["lr"],
-        num_train_epochs=float(cfg["epochs"] or 1),
-        max_steps=max_steps,
-        lr_scheduler_type="linear",
-        warmup_steps=min(10, max(0, total_steps // 10)),
-        logging_steps=cfg["logging_steps"],
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=cfg["save_steps"] or eval_steps,
-        save_total_limit=2,
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
-        train_sampling_strategy="group_by_length",  # seeded per epoch: see fa_adapt.trainer
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )
-    progress = RichProgress()
-    interrupt = InterruptCheckpoint()
+    total_steps = int(cfg["max_steps"] or math.ceil(steps_per_epoch * cfg["epochs"]))
+    progress, interrupt = RichProgress(), InterruptCheckpoint()
+    start = RecordStart(ckpt_dir / RESUME_FILE, dict(cfg, resume=False))
     trainer = ChatTrainer(
         model=model,
-        args=args,
+        args=_training_arguments(cfg, out, total_steps, fresh=resume_from is None),
         train_dataset=train_rows,
         eval_dataset=val_rows,
         data_collator=ChatCollator(tokenizer.pad_token_id),
-        callbacks=[progress, interrupt],
+        callbacks=[GradientGuard(), start, progress, interrupt, *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout; RichProgress shows them
     started = time.time()
-    if resume_from is None:
-        base_eval = trainer.evaluate()["eval_loss"]
-        if trainer.is_world_process_zero():
-            # what `--resume` needs to rebuild this run from the output folder alone
-            write_json(
-                ckpt_dir / RESUME_FILE, {"settings": dict(cfg, resume=False), "initial_eval_loss": base_eval}
-            )
-    with interrupt.installed():
+    with interrupt.installed(), progress.closed_on_exit():
         trainer.train(resume_from_checkpoint=resume_from)
     if interrupt.stopped and trainer.state.global_step < trainer.state.max_steps:
         raise Interrupted(
@@ -254,6 +258,7 @@ def finetune(**settings: Any) -> Path:
             signum=interrupt.signum,
         )
     wall = time.time() - started
+    base_eval = start.initial_eval_loss if start.initial_eval_loss is not None else base_eval
     # an evaluation costs as much as several training steps on a CPU: reuse the one Trainer just
     # ran at the final step rather than repeating it
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
@@ -261,30 +266,49 @@ def finetune(**settings: Any) -> Path:
         final_eval = last_eval["eval_loss"]
     else:
         final_eval = trainer.evaluate()["eval_loss"]
-    if not trainer.is_world_process_zero():
-        return out
+    if trainer.is_world_process_zero():
+        _write_outputs(out, trainer, cfg, strat, new_ids, tokenizer, stats, base_eval, final_eval, wall)
+    return out
+
+
+def _write_outputs(
+    out: Path,
+    trainer: Any,
+    cfg: dict[str, Any],
+    strat: Any,
+    new_ids: list[int],
+    tokenizer: Any,
+    stats: Any,
+    base_eval: float | None,
+    final_eval: float,
+    wall: float,
+) -> None:
+    """Metrics of the finished training, then the run folder (`fa_adapt.runs.write_run`)."""
+    from fa_adapt.runs import write_run
+
+    model, state = trainer.model, trainer.state
     counts = strategies.count_parameters(model)
-    n_tokens = sum(len(r["input_ids"]) for r in train_rows)
+    n_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
+    eval_curve = [(h["step"], h["eval_loss"]) for h in state.log_history if "eval_loss" in h]
+    if base_eval is not None and not any(step == 0 for step, _ in eval_curve):
+        eval_curve.insert(0, (0, base_eval))  # a run resumed from a checkpoint of an older version
     metrics = {
         "method": cfg["method"],
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        "steps": state.global_step,
+        "epochs": state.epoch,
         "initial_eval_loss": base_eval,
         "final_eval_loss": final_eval,
-        "train_loss": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
-        "eval_loss": [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h],
+        "train_loss": [(h["step"], h["loss"]) for h in state.log_history if "loss" in h],
+        "eval_loss": eval_curve,
         "trainable_params": counts["trainable"],
         "total_params": counts["total"],
         "trainable_percent": counts["percent"],
-        "train_rows": len(train_rows),
-        "validation_rows": len(val_rows),
+        "train_rows": len(trainer.train_dataset),
+        "validation_rows": len(trainer.eval_dataset),
         "data": dataclasses.asdict(stats),
-        "tokens_per_second": n_tokens * (trainer.state.epoch or 0) / max(wall, 1e-9),
+        "tokens_per_second": n_tokens * (state.epoch or 0) / max(wall, 1e-9),
         "wall_time_s": wall,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
-    if base_eval is not None:
-        metrics["eval_loss"].insert(0, (0, base_eval))
     cfg_out = dict(cfg, resume=False, strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids)
     write_run(out, model, tokenizer, cfg_out, metrics)
-    return out
