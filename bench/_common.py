@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -22,24 +21,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: CPU model and kind (AVX2 / AVX512-BF16 / AMX flags),
+    library versions, threads, and the GPU when one is used."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from adapt.environment import describe
+
     info = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **describe(),
         "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -6,13 +6,16 @@ One NF4 model in one process, the same Persian prompts (the source's comparison 
 --prompts of them, one left-padded batch), greedy, exactly --new-tokens new tokens per prompt (end
 tokens do not stop it), after a 2-token warm-up of each configuration; the fastest of --repeat (3) runs. Adapters are freshly
 initialised (speed does not depend on training): LoRA r=16 on q/v, prompt tuning 20 virtual tokens.
-  base              the NF4 model with the ChatML rows
+  base              the NF4 model with the ChatML rows, 4-bit layers as `adapt` loads them for inference
+                    (bitsandbytes' packed AVX512-BF16 CPU layout where the CPU has the flag)
+  base-unpacked     the same model with the packing switched off (the layout training must use)
   lora              PEFT LoRA wrapper, adapters applied on every step (how `adapt` loads a LoRA run)
   lora-merged       the same adapters merged into the weights (`merge_and_unload`)
   prompt            prompt tuning the way fa_adapt generates: base model generate with the soft
                     prompt as input embeddings, KV cache on
   prompt-no-cache   the source's workaround: PEFT's generate with use_cache=False
-Ratios: each configuration's tokens/s over base's; prompt over prompt-no-cache.
+Ratios: each configuration's tokens/s over base's; prompt over prompt-no-cache; base over
+base-unpacked decides `fa_adapt.loading.PACKED_INFERENCE`.
 """
 
 from __future__ import annotations
@@ -137,7 +140,13 @@ def main() -> None:
         fn.prompt_width = enc["input_ids"].shape[1]
         return fn
 
+    from fa_adapt.quant_layout import cpu_can_pack, packed_layers, use_inference_layout
+
+    use_inference_layout(model, packed=False)
+    measure("base-unpacked", plain(model))
+    use_inference_layout(model, packed=True)  # packs at the next (warm-up) call where the CPU can
     measure("base", plain(model))
+    packed_count = len(packed_layers(model))
 
     prompt_model = get_peft_model(
         model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20)
@@ -178,6 +187,8 @@ def main() -> None:
         row["vs_base"] = r["tokens_s"] / base_speed
         if name == "prompt":
             row["vs_no_cache"] = r["tokens_s"] / results["prompt-no-cache"]["tokens_s"]
+        if name == "base":
+            row["vs_unpacked"] = r["tokens_s"] / results["base-unpacked"]["tokens_s"]
         rows.append(row)
     meta = machine(device) | {
         "command": " ".join(["python", "bench/fa_adapt_generate.py", *sys.argv[1:]]),
@@ -186,6 +197,8 @@ def main() -> None:
         else "gemma-3-270m (embedded), NF4",
         "prompts": prompts,
         "decoding": "greedy, fixed new-token count (no end-token stop, no n-gram rule), one left-padded batch",
+        "packing_available": cpu_can_pack(),
+        "packed_4bit_layers_in_base": packed_count,
         "load_average_start": started,
         "load_average_end": load_average(),
         "details": results,

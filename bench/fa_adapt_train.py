@@ -17,7 +17,9 @@ Peak memory = the process's peak resident memory during that epoch (or the GPU's
 Useful FLOPs = (4·N + 2·N_trained) per non-pad token (+ soft-prompt positions) + 4·V·H per labeled
 token: forward (2N) and input-gradient (2N) through every decoder matrix, weight gradients only for
 trained matrices, and the V×H output projection forward and backward only where a label is.
-Attention-score FLOPs (~4 % at these lengths) and padding are not counted. The fraction is of the
+Attention-score FLOPs (~4 % at these lengths) and padding are not counted. Before timing, each
+configuration's warm-up step passes the first-step gradient guard (fa_adapt.grad_check): every group
+of trainable tensors got a non-zero gradient, and no 4-bit layer is in the gradient-dropping layout. The fraction is of the
 fp32 (CUDA: bf16) matmul rate measured at the start and end of this run (the higher of the two).
 """
 
@@ -234,6 +236,11 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
     load_s = time.perf_counter() - t0
     measured, warm = _rows(b["tokenizer"], args.max_length, args.rows, args.batch_size)
     clock = _clock_callback()
+    from fa_adapt.grad_check import GradientGuard
+
+    # every configuration must train what it claims: its warm-up step stops the benchmark if any
+    # group of trainable tensors got no gradient (fa_adapt.grad_check)
+    guard = GradientGuard()
     if cuda:
         clock.sync = torch.cuda.synchronize
     out = f"/tmp/bench-fa-train-{os.getpid()}"
@@ -252,14 +259,16 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
             train_dataset=ds,
             processing_class=b["tokenizer"],
             peft_config=b["peft_config"],
-            callbacks=[clock],
+            callbacks=[clock, guard],
         )
         warm_ds = trainer.train_dataset.select(range(len(warm)))
         measured_ds = trainer.train_dataset.select(range(len(warm), len(rows)))
     else:
         batch = b["batch"]
         targs = _training_args(out, batch, b["lr"], args.device, grouped=b["grouped"])
-        trainer = b["cls"](model=b["model"], args=targs, data_collator=b["collator"], callbacks=[clock])
+        trainer = b["cls"](
+            model=b["model"], args=targs, data_collator=b["collator"], callbacks=[clock, guard]
+        )
         measured_ds, warm_ds = measured, warm
     from transformers import PrinterCallback
 
@@ -309,6 +318,7 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
         "decoder_matrix_params": params,
         "output_projection": [vocab, hidden],
         "virtual_tokens": n_virtual,
+        "first_step_grad_norms": guard.norms,
         "load_average": [load_before, load_average()],
     }
     del trainer, model, b

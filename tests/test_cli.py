@@ -52,3 +52,19 @@ def test_user_error_is_one_line_exit_2():
     assert result.exit_code == 2
     assert result.output.strip() == "error: missing.jsonl: file not found"
     assert "Traceback" not in result.output
+
+
+def test_env_names_versions_and_cpu_kind():
+    import json
+    from importlib import metadata
+
+    result = CliRunner().invoke(app, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["torch"] == metadata.version("torch")
+    assert info["bitsandbytes"] == metadata.version("bitsandbytes")
+    flags = open("/proc/cpuinfo").read().split()
+    assert info["avx512_bf16"] == ("avx512_bf16" in flags)
+    assert info["cpu_kind"].startswith("AVX512-BF16") == info["avx512_bf16"]
+    line = CliRunner().invoke(app, ["env"]).output
+    assert f"transformers {metadata.version('transformers')}" in line and info["cpu_kind"] in line

@@ -64,6 +64,16 @@ def _root(
     """Adapt models on modest hardware."""
 
 
+@app.command("env")
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of one line.")) -> None:
+    """Print the library versions and the CPU kind (AVX2, AVX512-BF16, AMX): paste it into a bug report."""
+    import json
+
+    from adapt.environment import describe, one_line
+
+    typer.echo(json.dumps(describe(), indent=2) if as_json else one_line())
+
+
 def _register_all() -> None:
     from capkit import cli as capkit_cli
     from fa_adapt import cli as fa_cli

@@ -13,6 +13,7 @@ costs a tiny fraction of a step.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from transformers import TrainerCallback
@@ -61,8 +62,10 @@ def gradient_norms(model: Any) -> dict[str, float]:
     return norms
 
 
-def gradient_problem(model: Any) -> str | None:
-    """Why `model`'s current gradients show that some group would not train, or None when all do."""
+def gradient_problem(model: Any, norms: dict[str, float] | None = None) -> str | None:
+    """Why `model`'s current gradients show that some group would not train, or None when all do.
+
+    `norms` are `gradient_norms(model)` when already computed."""
     packed = packed_layers(model)
     if packed:
         return (
@@ -70,7 +73,7 @@ def gradient_problem(model: Any) -> str | None:
             "layout, which drops gradients; call fa_adapt.quant_layout.keep_trainable_layout(model) "
             "before training"
         )
-    for group, norm in gradient_norms(model).items():
+    for group, norm in (norms if norms is not None else gradient_norms(model)).items():
         if norm != norm or norm in (float("inf"), float("-inf")):
             return (
                 f"the {group} got a non-finite gradient at the first step; lower --lr or check the "
@@ -87,15 +90,22 @@ def gradient_problem(model: Any) -> str | None:
 
 class GradientGuard(TrainerCallback):
     """Before the first optimizer step of a run (fresh or resumed), stop with `GradientCheckError`
-    if `gradient_problem` finds one. Later steps are not checked."""
+    if `gradient_problem` finds one. Later steps are not checked. `report()` gives the per-group
+    gradient norms it saw and the seconds the check took (written to the run's metrics)."""
 
     def __init__(self) -> None:
-        self.checked = False
+        self.norms: dict[str, float] | None = None
+        self.seconds = 0.0
+
+    def report(self) -> dict[str, Any]:
+        return {"first_step_grad_norms": self.norms, "seconds": self.seconds}
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-        if self.checked or model is None:
+        if self.norms is not None or model is None:
             return
-        self.checked = True
-        problem = gradient_problem(model)
+        started = time.perf_counter()
+        self.norms = gradient_norms(model)
+        problem = gradient_problem(model, self.norms)
+        self.seconds = time.perf_counter() - started
         if problem is not None:
             raise GradientCheckError(f"training stopped before step {state.global_step + 1}: {problem}")

@@ -43,11 +43,21 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             f"- validation loss: {m['initial_eval_loss'] if m['initial_eval_loss'] is None else round(m['initial_eval_loss'], 4)}"
             f" → {m['final_eval_loss']:.4f}",
             f"- wall time: {m['wall_time_s']:.0f} s, {m['tokens_per_second']:.0f} tokens/s",
+            _gradient_line(m.get("gradient_check")),
             "",
             "![loss](loss.png)",
             "",
         ]
     )
+
+
+def _gradient_line(check: dict[str, Any] | None) -> str:
+    """The first-step gradient check in one line (`fa_adapt.grad_check`)."""
+    norms = (check or {}).get("first_step_grad_norms")
+    if not norms:
+        return "- gradient check: not run (no optimizer step in this process)"
+    listed = ", ".join(f"{group} {norm:.3g}" for group, norm in norms.items())
+    return f"- gradient check at the first step: every trainable group got a gradient (norms: {listed})"
 
 
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -237,7 +237,7 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     train_rows, val_rows = chat_data.split_train_validation(examples, cfg["seed"])
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
     total_steps = int(cfg["max_steps"] or math.ceil(steps_per_epoch * cfg["epochs"]))
-    progress, interrupt = RichProgress(), InterruptCheckpoint()
+    progress, interrupt, guard = RichProgress(), InterruptCheckpoint(), GradientGuard()
     start = RecordStart(ckpt_dir / RESUME_FILE, dict(cfg, resume=False))
     trainer = ChatTrainer(
         model=model,
@@ -245,7 +245,7 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
         train_dataset=train_rows,
         eval_dataset=val_rows,
         data_collator=ChatCollator(tokenizer.pad_token_id),
-        callbacks=[GradientGuard(), start, progress, interrupt, *(callbacks or [])],
+        callbacks=[guard, start, progress, interrupt, *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout; RichProgress shows them
     started = time.time()
@@ -267,7 +267,12 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     else:
         final_eval = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
-        _write_outputs(out, trainer, cfg, strat, new_ids, tokenizer, stats, base_eval, final_eval, wall)
+        evals = {
+            "initial_eval_loss": base_eval,
+            "final_eval_loss": final_eval,
+            "gradient_check": guard.report(),
+        }
+        _write_outputs(out, trainer, cfg, strat, new_ids, tokenizer, stats, evals, wall)
     return out
 
 
@@ -279,8 +284,7 @@ def _write_outputs(
     new_ids: list[int],
     tokenizer: Any,
     stats: Any,
-    base_eval: float | None,
-    final_eval: float,
+    evals: dict[str, Any],
     wall: float,
 ) -> None:
     """Metrics of the finished training, then the run folder (`fa_adapt.runs.write_run`)."""
@@ -290,14 +294,14 @@ def _write_outputs(
     counts = strategies.count_parameters(model)
     n_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
     eval_curve = [(h["step"], h["eval_loss"]) for h in state.log_history if "eval_loss" in h]
+    base_eval = evals["initial_eval_loss"]
     if base_eval is not None and not any(step == 0 for step, _ in eval_curve):
         eval_curve.insert(0, (0, base_eval))  # a run resumed from a checkpoint of an older version
     metrics = {
         "method": cfg["method"],
         "steps": state.global_step,
         "epochs": state.epoch,
-        "initial_eval_loss": base_eval,
-        "final_eval_loss": final_eval,
+        **evals,
         "train_loss": [(h["step"], h["loss"]) for h in state.log_history if "loss" in h],
         "eval_loss": eval_curve,
         "trainable_params": counts["trainable"],
