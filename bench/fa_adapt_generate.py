@@ -140,7 +140,7 @@ def main() -> None:
         fn.prompt_width = enc["input_ids"].shape[1]
         return fn
 
-    from fa_adapt.quant_layout import cpu_can_pack, packed_layers, use_inference_layout
+    from fa_adapt.quant_layout import cpu_can_pack, keep_trainable_layout, packed_layers, use_inference_layout
 
     use_inference_layout(model, packed=False)
     measure("base-unpacked", plain(model))
@@ -176,7 +176,11 @@ def main() -> None:
     )
     lora.eval()
     measure("lora", plain(lora))
+    # PEFT dequantizes the 4-bit weight to merge into it, and bitsandbytes' dequantize_4bit reads a
+    # packed weight as if it were plain (garbage): unpack first, merge, then let it pack again
+    keep_trainable_layout(lora)
     merged = lora.merge_and_unload()
+    use_inference_layout(merged, packed=True)
     merged.eval()
     measure("lora-merged", plain(merged))
 

@@ -52,7 +52,8 @@ def trainable_groups(model: Any) -> dict[str, list[tuple[str, Any]]]:
 
 def gradient_norms(model: Any) -> dict[str, float]:
     """Per group: the L2 norm of all its gradients (a tensor without `.grad` counts as zero;
-    NaN or inf when any gradient is not finite)."""
+    NaN or inf when any gradient is not finite). Inside Trainer's `on_pre_optimizer_step` these
+    are the gradients after clipping (`max_grad_norm`, 1.0 by default)."""
     import torch
 
     norms: dict[str, float] = {}
@@ -74,6 +75,8 @@ def gradient_problem(model: Any, norms: dict[str, float] | None = None) -> str |
             "before training"
         )
     for group, norm in (norms if norms is not None else gradient_norms(model)).items():
+        # (fp16 loss scaling would need care here: its first steps may overflow by design. fa_adapt
+        # trains in fp32 or bf16, which do not scale the loss.)
         if norm != norm or norm in (float("inf"), float("-inf")):
             return (
                 f"the {group} got a non-finite gradient at the first step; lower --lr or check the "

@@ -57,7 +57,10 @@ def _gradient_line(check: dict[str, Any] | None) -> str:
     if not norms:
         return "- gradient check: not run (no optimizer step in this process)"
     listed = ", ".join(f"{group} {norm:.3g}" for group, norm in norms.items())
-    return f"- gradient check at the first step: every trainable group got a gradient (norms: {listed})"
+    return (
+        "- gradient check at the first step: every trainable group got a gradient "
+        f"(norms after clipping: {listed})"
+    )
 
 
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
