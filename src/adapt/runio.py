@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -128,10 +129,35 @@ def plot_curves(
     return Path(path)
 
 
+def as_number(flag: str, value: Any, integer: bool = False) -> int | float | None:
+    """`value` as a finite number (an int when `integer`), or a `UserError` naming `flag`.
+
+    YAML and the API hand over strings ("1e-3" is a string to YAML 1.1), lists and NaN; each gets
+    a one-line error here rather than a traceback deep inside torch.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise UserError(f"{flag} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{flag} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    if integer:
+        if value != int(value):
+            raise UserError(f"{flag} must be a whole number, got {value}")
+        return int(value)
+    return value
+
+
 def check_positive(flag: str, value: float | None, allow_zero: bool = False) -> None:
-    """Raise a `UserError` naming `flag` unless `value` is positive (or zero when allowed)."""
+    """Raise a `UserError` naming `flag` unless `value` is a finite positive number (or zero when allowed)."""
     if value is None:
         return
+    as_number(flag, value)
     if value < 0 or (value == 0 and not allow_zero):
         bound = "0 or more" if allow_zero else "greater than 0"
         raise UserError(f"{flag} must be {bound}, got {value}")

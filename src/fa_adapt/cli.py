@@ -55,7 +55,7 @@ def _load_yaml(path: Path) -> dict:
         raise UserError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a mapping of flag names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def finetune_command(
@@ -107,6 +107,13 @@ def finetune_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Stop on the first bad data row instead of skipping it.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a previous fa_adapt run in --output (never other files; without it such a folder is refused).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune and write a run folder; prints its path on stdout."""
     from fa_adapt.training import finetune
@@ -133,6 +140,8 @@ def finetune_command(
         settings["resume"] = True
     if strict:
         settings["strict"] = True
+    if overwrite:
+        settings["overwrite"] = True
     for extra in ("strategy", "chatml_token_ids"):  # keys a run's own config.json carries
         settings.pop(extra, None)
     from fa_adapt.callbacks import Interrupted

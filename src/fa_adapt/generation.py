@@ -332,12 +332,9 @@ def load_target(spec: str, base: bool = False) -> Target:
         model = load_model(spec, quantization="none", for_training=False).eval()
         return Target(f"merged ({Path(spec).name})", model, load_tokenizer(spec))
     if base:
-        cfg_path = Path(spec) / "config.json"
-        if not cfg_path.is_file():
-            raise UserError(f"{spec}: not a run folder (no config.json from `adapt finetune`)")
-        from adapt.runio import read_json
+        from fa_adapt.runs import read_run_config
 
-        cfg = read_json(cfg_path)
+        cfg = read_run_config(Path(spec))
         return load_base(cfg.get("model"), cfg.get("quantization", "nf4"))
     run = load_run(spec)
     return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)

@@ -7,6 +7,7 @@ Layout: config.json, metrics.json, loss.png, summary.md, tokenizer files, and ei
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,68 @@ def _gradient_line(check: dict[str, Any] | None) -> str:
     )
 
 
+# Everything `adapt finetune`, `adapt evaluate` and saving a tokenizer put into a run folder:
+# `--overwrite` deletes these and nothing else
+RUN_ENTRIES = frozenset(
+    {
+        "config.json",
+        "metrics.json",
+        "loss.png",
+        "summary.md",
+        "adapter",
+        LAYERS_FILE,
+        "checkpoints",
+        "eval.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "tokenizer.model",
+    }
+)
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so one without a
+    readable state was cut short by a kill and is passed over for the one before it."""
+
+    def complete(p: Path) -> bool:
+        try:
+            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    steps = [
+        (int(p.name.split("-")[-1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit()
+    ]
+    done = [p for _, p in sorted(steps) if complete(p)]
+    return str(done[-1]) if done else None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True when `folder` holds an fa_adapt run, finished or stopped (its config or resume file)."""
+    if (folder / "checkpoints" / "resume.json").is_file():
+        return True
+    try:
+        return read_json(folder / "config.json").get("method") in ("lora", "prompt", "freeze")
+    except (UserError, AttributeError):
+        return False
+
+
+def is_run_entry(path: Path) -> bool:
+    """True for a file or folder an fa_adapt run writes (also its half-written temporaries)."""
+    name = path.name
+    return (
+        name in RUN_ENTRIES
+        or name.startswith(".staging-")
+        or any(name.startswith(f".{n}.") for n in RUN_ENTRIES)
+    )
+
+
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Write the run folder (every file atomically)."""
     from safetensors.torch import save_file
@@ -115,6 +178,37 @@ def merge_token_rows(model: Any) -> None:
             module.merge()
 
 
+def read_run_config(folder: Path) -> dict[str, Any]:
+    """The config of the finished fa_adapt run in `folder`, or a one-line `UserError` that says
+    what `folder` is instead (missing, a file, a captioning run, a stopped run) and what to do."""
+    if not folder.exists():
+        raise UserError(f"{folder}: does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a run folder")
+    if (folder / "decoder.safetensors").is_file() or (folder / "word_to_id.json").is_file():
+        raise UserError(
+            f"{folder}: a captioning run (capkit), not a chat run; use: adapt caption IMAGE --model {folder}"
+        )
+    if not (folder / "config.json").is_file() or not (folder / "metrics.json").is_file():
+        if (folder / "checkpoints" / "resume.json").is_file():
+            from fa_adapt.training import resume_hint
+
+            if latest_checkpoint(folder / "checkpoints"):
+                raise UserError(
+                    f"{folder}: a run stopped before it finished; resume it with: {resume_hint(folder)}"
+                )
+            raise UserError(
+                f"{folder}: a run stopped before its first checkpoint, so there is nothing to load or "
+                f"resume; start it again with: adapt finetune --output {folder} --overwrite"
+            )
+        raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
+    cfg = read_json(folder / "config.json")
+    if not isinstance(cfg, dict) or cfg.get("method") not in ("lora", "prompt", "freeze"):
+        method = cfg.get("method") if isinstance(cfg, dict) else None
+        raise UserError(f"{folder / 'config.json'}: not an fa_adapt run config (method {method!r})")
+    return cfg
+
+
 def load_run(path: str | Path, quantization: str | None = None) -> Run:
     """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config."""
     import torch
@@ -124,17 +218,8 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
     from fa_adapt.strategies import decoder_layer_names
 
     folder = Path(path)
-    if not (folder / "config.json").is_file() or not (folder / "metrics.json").is_file():
-        if (folder / "checkpoints" / "resume.json").is_file():
-            raise UserError(
-                f"{folder}: a run stopped before it finished; resume it with: "
-                f"adapt finetune --output {folder} --resume"
-            )
-        raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
-    cfg = read_json(folder / "config.json")
-    method = cfg.get("method")
-    if method not in ("lora", "prompt", "freeze"):
-        raise UserError(f"{folder / 'config.json'}: unknown method {method!r}")
+    cfg = read_run_config(folder)
+    method = cfg["method"]
     quant = quantization or cfg.get("quantization", "nf4")
     base_path = resolve_model_path(cfg.get("model"))
     skip = None

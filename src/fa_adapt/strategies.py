@@ -77,6 +77,7 @@ def apply_lora(model: Any, cfg: LoraConfig, new_token_ids: list[int]) -> Any:
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
+    check_target_modules(model, cfg.target_modules)
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = PeftLoraConfig(
@@ -88,6 +89,27 @@ def apply_lora(model: Any, cfg: LoraConfig, new_token_ids: list[int]) -> Any:
         trainable_token_indices=list(new_token_ids) or None,
     )
     return get_peft_model(model, config)
+
+
+def check_target_modules(model: Any, targets: list[str]) -> None:
+    """A one-line `UserError` naming each LoRA target that matches no module of `model`, with the
+    closest module names (PEFT matches a target against the end of a module's dotted name)."""
+    import difflib
+
+    from adapt.errors import UserError
+
+    names = [name for name, _ in model.named_modules() if name]
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+    for target in targets:
+        if target == "all-linear" or any(n == target or n.endswith("." + target) for n in names):
+            continue
+        close = difflib.get_close_matches(target, leaves, n=3, cutoff=0.5)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; the model has e.g. {', '.join(leaves[:6])}"
+        )
+        raise UserError(f"--target-modules: {target!r} matches no module of the model{hint}")
 
 
 def apply_freeze(model: Any, cfg: FreezeConfig, new_token_ids: list[int]) -> Any:

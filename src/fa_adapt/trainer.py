@@ -9,7 +9,9 @@ order and train on other rows than the uninterrupted run. Seeding each epoch's s
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +44,35 @@ class ChatTrainer(LabeledLossMixin, Trainer):
         return EpochSeededLengthSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset, seed
         )
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        """Trainer's step, stopped with a one-line `UserError` when the loss is not finite: every
+        later step would only spread NaN through the weights (and Trainer's own log filters it)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            self._stop(
+                f"training stopped at step {self.state.global_step + 1}: the loss became {float(loss)}"
+            )
+        return loss
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Trainer's evaluation, stopped before the checkpoint that follows it when the validation
+        loss is not finite, so the checkpoints kept are the last good ones."""
+        metrics = super().evaluate(*args, **kwargs)
+        loss = metrics.get("eval_loss")
+        if loss is not None and not math.isfinite(loss):
+            self._stop(
+                f"training stopped at step {self.state.global_step}: the validation loss became {loss}"
+            )
+        return metrics
+
+    def _stop(self, what: str) -> None:
+        from adapt.errors import UserError
+        from fa_adapt.runs import latest_checkpoint
+
+        kept = latest_checkpoint(Path(self.args.output_dir)) if os.path.isdir(self.args.output_dir) else None
+        where = f"the last good checkpoint is kept: {kept}" if kept else "no checkpoint had been saved yet"
+        raise UserError(f"{what} (lower --lr, now {self.args.learning_rate}); {where}")
 
     # Checkpoints: Trainer's default saves a PEFT model with its resized 262k-row embedding
     # (1.3 GB per checkpoint on Gemma 3 270M) and without the freeze strategy's unquantized

@@ -8,7 +8,6 @@ continues from the newest one to the same final state. Ctrl-C saves a checkpoint
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import check_choice, check_positive, read_json
+from adapt.runio import as_number, check_choice, check_positive, read_json
 from fa_adapt import data as chat_data
 from fa_adapt import strategies
 from fa_adapt.loading import QUANTIZATIONS
@@ -44,11 +43,30 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_virtual_tokens": None,
     "strict": False,
     "resume": False,
+    "overwrite": False,
 }
+# settings that must be whole numbers / numbers (YAML may hand over strings, lists or NaN)
+_INTEGERS = (
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_length",
+    "seed",
+    "max_train_rows",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "num_virtual_tokens",
+)
+_NUMBERS = ("epochs", "lr")
 # With neither --epochs nor --max-steps a run makes one pass over the data: on the packaged sample
 # that is what a default LoRA run needs to answer in Persian and stop (docs/fa_adapt.md), and it
 # takes minutes on a 2-core CPU. The source's epoch counts (strategies' docstring) are a flag away.
 DEFAULT_EPOCHS = 1.0
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def resolve_config(**overrides: Any) -> dict[str, Any]:
@@ -58,6 +76,17 @@ def resolve_config(**overrides: Any) -> dict[str, Any]:
     unknown = set(overrides) - set(TRAIN_DEFAULTS)
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    for key in ("method", "model", "data", "output", "quantization"):
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            raise UserError(f"{_flag(key)} must be text, got {type(cfg[key]).__name__} {cfg[key]!r}")
+    for key in ("gradient_checkpointing", "strict", "resume", "overwrite"):
+        if not isinstance(cfg[key], bool):
+            raise UserError(f"{_flag(key)} must be true or false, got {cfg[key]!r}")
+    targets = cfg["target_modules"]
+    if targets is not None and not (
+        isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        raise UserError(f"--target-modules must be comma-separated module names, got {targets!r}")
     check_choice("--method", cfg["method"], list(strategies.STRATEGIES))
     check_choice("--quantization", cfg["quantization"], QUANTIZATIONS)
     strat = strategies.STRATEGIES[cfg["method"]]()
@@ -65,10 +94,10 @@ def resolve_config(**overrides: Any) -> dict[str, Any]:
         cfg["lr"] = strat.lr
     if cfg["epochs"] is None and cfg["max_steps"] is None:
         cfg["epochs"] = DEFAULT_EPOCHS
-    for flag in ("batch_size", "grad_accum", "max_length", "lr"):
-        check_positive("--" + flag.replace("_", "-"), cfg[flag])
-    for flag in ("epochs", "max_steps"):
-        check_positive("--" + flag.replace("_", "-"), cfg[flag])
+    for key in _INTEGERS + _NUMBERS:
+        cfg[key] = as_number(_flag(key), cfg[key], integer=key in _INTEGERS)
+    for key in ("lr", "epochs", *(k for k in _INTEGERS if k != "seed")):
+        check_positive(_flag(key), cfg[key])
     if cfg["target_modules"] and isinstance(cfg["target_modules"], str):
         cfg["target_modules"] = [m.strip() for m in cfg["target_modules"].split(",") if m.strip()]
     if cfg["output"] is None:
@@ -121,26 +150,6 @@ def prepare_model(cfg: dict[str, Any]) -> tuple[Any, Any, list[int], Any]:
 
 
 RESUME_FILE = "resume.json"  # in <output>/checkpoints: the resolved settings and the step-0 loss
-
-
-def _latest_checkpoint(folder: Path) -> str | None:
-    """The newest complete checkpoint: Trainer writes trainer_state.json last, so one without a
-    readable state was cut short by a kill and is passed over for the one before it."""
-
-    def complete(p: Path) -> bool:
-        try:
-            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return True
-
-    steps = [
-        (int(p.name.split("-")[-1]), p)
-        for p in folder.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit()
-    ]
-    done = [p for _, p in sorted(steps) if complete(p)]
-    return str(done[-1]) if done else None
 
 
 def _resume_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
@@ -209,6 +218,30 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     for bad settings or data, and `GradientCheckError` (a `UserError`) when a group of trainable
     tensors gets no gradient at the first step (`fa_adapt.grad_check`).
     """
+    from adapt.run_folder import claim_output, run_lock
+    from fa_adapt.runs import is_run_entry, is_run_folder, latest_checkpoint
+
+    base_eval = None
+    if settings.get("resume"):
+        settings, base_eval = _resume_settings(settings)
+    cfg = resolve_config(**settings)
+    out = Path(cfg["output"])
+    resume_from = None
+    if cfg["resume"]:
+        resume_from = latest_checkpoint(out / "checkpoints")
+        if resume_from is None:
+            raise UserError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
+    main = int(os.environ.get("RANK", "0")) == 0  # the other ranks use the main rank's folder
+    if resume_from is None and main:
+        claim_output(out, "fa_adapt", is_run_folder, is_run_entry, overwrite=cfg["overwrite"])
+    with run_lock(out, enabled=main):
+        return _train(cfg, out, resume_from, base_eval, callbacks or [])
+
+
+def _train(
+    cfg: dict[str, Any], out: Path, resume_from: str | None, base_eval: float | None, callbacks: list[Any]
+) -> Path:
+    """`finetune` once the settings are checked and the folder is claimed."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -217,17 +250,7 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     from fa_adapt.grad_check import GradientGuard
     from fa_adapt.trainer import ChatTrainer
 
-    base_eval = None
-    if settings.get("resume"):
-        settings, base_eval = _resume_settings(settings)
-    cfg = resolve_config(**settings)
-    out = Path(cfg["output"])
     ckpt_dir = out / "checkpoints"
-    resume_from = None
-    if cfg["resume"]:
-        resume_from = _latest_checkpoint(ckpt_dir)
-        if resume_from is None:
-            raise UserError(f"--resume: no complete checkpoint in {ckpt_dir}")
     set_seed(cfg["seed"])
     conversations, stats = chat_data.load_conversations(
         cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"]
@@ -238,14 +261,14 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
     total_steps = int(cfg["max_steps"] or math.ceil(steps_per_epoch * cfg["epochs"]))
     progress, interrupt, guard = RichProgress(), InterruptCheckpoint(), GradientGuard()
-    start = RecordStart(ckpt_dir / RESUME_FILE, dict(cfg, resume=False))
+    start = RecordStart(ckpt_dir / RESUME_FILE, dict(cfg, resume=False, overwrite=False))
     trainer = ChatTrainer(
         model=model,
         args=_training_arguments(cfg, out, total_steps, fresh=resume_from is None),
         train_dataset=train_rows,
         eval_dataset=val_rows,
         data_collator=ChatCollator(tokenizer.pad_token_id),
-        callbacks=[guard, start, progress, interrupt, *(callbacks or [])],
+        callbacks=[guard, start, progress, interrupt, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout; RichProgress shows them
     started = time.time()
@@ -314,5 +337,7 @@ def _write_outputs(
         "wall_time_s": wall,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
-    cfg_out = dict(cfg, resume=False, strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids)
+    cfg_out = dict(
+        cfg, resume=False, overwrite=False, strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids
+    )
     write_run(out, model, tokenizer, cfg_out, metrics)

@@ -226,9 +226,30 @@ def test_adapter_for_a_different_base_model(messy_run, tiny_model_dir, tmp_path)
 
 
 def test_stopped_run_is_not_a_run_but_says_how_to_resume(tmp_path):
-    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (tmp_path / "checkpoints" / "resume.json").write_text("{}")
+    (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     line = _assert_one_line_error(
         _invoke("generate", tmp_path, "سلام"), f"{tmp_path}: a run stopped before it finished"
     )
     assert line.endswith(f"adapt finetune --output {tmp_path} --resume")
+
+
+def test_run_stopped_before_any_checkpoint_gets_no_dead_end_resume_hint(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "resume.json").write_text("{}")
+    for command in (["generate", tmp_path, "سلام"], ["evaluate", tmp_path], ["export", tmp_path]):
+        line = _assert_one_line_error(_invoke(*command), "stopped before its first checkpoint")
+        assert "--resume" not in line and line.endswith(f"adapt finetune --output {tmp_path} --overwrite")
+
+
+def test_run_folder_messages_name_the_real_cause(tmp_path):
+    _assert_one_line_error(
+        _invoke("generate", tmp_path / "nope", "سلام"), f"{tmp_path / 'nope'}: does not exist"
+    )
+    capkit_run = tmp_path / "captioner"
+    capkit_run.mkdir()
+    (capkit_run / "word_to_id.json").write_text("{}")
+    (capkit_run / "config.json").write_text("{}")
+    (capkit_run / "metrics.json").write_text("{}")
+    _assert_one_line_error(_invoke("evaluate", capkit_run), "a captioning run", "adapt caption IMAGE --model")

@@ -108,4 +108,4 @@ def test_export_refuses_prompt_tuning_and_bad_flags(tiny_model_dir, chat_jsonl, 
     result = runner.invoke(app, ["export", str(run_dir), "--dtype", "int3"])
     assert result.exit_code == 2 and "--dtype" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "not a run folder" in result.output
+    assert result.exit_code == 2 and "nothing: does not exist" in result.output

@@ -27,7 +27,7 @@ def test_generate_base_json_stops_or_hits_the_limit():
 def test_cli_errors_are_one_line():
     runner = CliRunner()
     bad = runner.invoke(app, ["generate", "/no/such/run", "hi"])
-    assert bad.exit_code == 2 and "not a run folder" in bad.output
+    assert bad.exit_code == 2 and "/no/such/run: does not exist" in bad.output
     bad = runner.invoke(app, ["evaluate", "base", "--prompts", "/no/such.txt"])
     assert bad.exit_code == 2 and "--prompts /no/such.txt: file not found" in bad.output
     bad = runner.invoke(app, ["chat", "base", "--rtl", "sideways"])

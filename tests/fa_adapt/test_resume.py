@@ -165,7 +165,7 @@ def test_resume_without_a_stopped_run_is_a_user_error(tmp_path):
 
 
 def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
-    from fa_adapt.training import _latest_checkpoint
+    from fa_adapt.runs import latest_checkpoint
 
     for step, state in [(2, "{}"), (4, None), (5, '{"global_st')]:  # 4: no state yet, 5: half written
         folder = tmp_path / f"checkpoint-{step}"
@@ -174,4 +174,4 @@ def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
         if state is not None:
             (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-x").mkdir()
-    assert _latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
