@@ -194,7 +194,11 @@ def caption(
                 if len(paths) == 1
                 else attention_map.with_name(f"{attention_map.stem}-{r.image.stem}.png")
             )
-            typer.echo(f"attention map: {draw_attention_map(loaded, r.image, r.caption, target)}", err=True)
+            try:
+                drawn = draw_attention_map(loaded, r.image, r.caption, target)
+            except OSError as err:
+                raise UserError(f"--attention-map {target}: cannot write ({err.strerror or err})") from None
+            typer.echo(f"attention map: {drawn}", err=True)
     if json_output:
         rows = [
             {"image": str(r.image), "caption": r.caption, **({"error": r.error} if r.error else {})}

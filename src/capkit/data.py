@@ -81,9 +81,18 @@ def load_dataset(
     root = Path(path)
     if not root.exists():
         raise UserError(f"PATH {root}: dataset path does not exist; expected {_LAYOUTS}")
+    given = root
     if root.is_file():
+        if root.name not in _CAPTION_FILES:
+            raise UserError(
+                f"PATH {root}: a file, not a dataset; give the dataset folder or its "
+                f"{' / '.join(_CAPTION_FILES)}"
+            )
         root = root.parent
-    layout, caption_file, image_dir = _find_layout(root)
+    try:
+        layout, caption_file, image_dir = _find_layout(root)
+    except UserError as err:
+        raise UserError(str(err).replace(f"{root}:", f"{given}:", 1)) from None
     skipped: Counter = Counter()
     if layout == "original":
         captions = _read_token_file(caption_file, skipped)
@@ -105,6 +114,9 @@ def load_dataset(
             continue
         records.append(ImageRecord(image_dir / name, present[name], split_of[name]))
     return CaptionDataset(root, layout, records, source, skipped)
+
+
+_CAPTION_FILES = ("captions.txt", "Flickr8k.token.txt", "captions.csv")
 
 
 def _find_layout(root: Path) -> tuple[str, Path, Path]:

@@ -60,10 +60,25 @@ class DataStats:
         self.bad_reasons[kind] = self.bad_reasons.get(kind, 0) + 1
 
 
+def _json_kind(value: Any) -> str:
+    """How JSON would name `value`'s type: a number, an object, a list, true/false."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
 def normalize_row(row: Any) -> list[Message]:
     """One raw row → a list of `{role, content}` with roles mapped to system/user/assistant."""
+    if isinstance(row, list):
+        raise BadRow(
+            "row: expected a JSON object, got a list (a JSON array of conversations belongs in a "
+            ".json file, one object per line in .jsonl)",
+            "not an object",
+        )
     if not isinstance(row, dict):
-        raise BadRow(f"row: expected a JSON object, got {type(row).__name__}", "not an object")
+        raise BadRow(f"row: expected a JSON object, got {_json_kind(row)}", "not an object")
     column = next((c for c in LIST_COLUMNS if c in row), None)
     if column is None:
         found = ", ".join(map(str, row)) or "none"
@@ -92,7 +107,11 @@ def normalize_row(row: Any) -> list[Message]:
                 f"{column}[{i}].role: unknown role {raw_role!r}; known: {', '.join(ROLE_ALIASES)}",
                 "unknown role",
             )
-        if not isinstance(content, str) or not content.strip():
+        if content is not None and not isinstance(content, str):
+            raise BadRow(
+                f"{column}[{i}].content: must be text, got {_json_kind(content)}", "content not text"
+            )
+        if content is None or not content.strip():
             raise BadRow(f"{column}[{i}].content: empty", "empty content")
         marker = next((t for t in (IM_START, IM_END) if t in content), None)
         if marker:  # it would tokenise as a real turn boundary, not as text
@@ -149,6 +168,8 @@ def _utf8_text(path: Path) -> str:
     """The file as text; any other encoding is a `UserError` naming the row (line) and byte."""
     raw = path.read_bytes()
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:  # NULs: UTF-16 sans BOM
+        if not _looks_like_utf16(raw[:4096]):
+            raise UserError(f"{path}: a binary file, not text (expected {path.suffix or 'JSON lines'} text)")
         line = raw.count(b"\n", 0, max(raw.find(b"\x00"), 0)) + 1
         raise UserError(f"{path}: row {line}: the file looks like UTF-16 text; save it as UTF-8")
     try:
@@ -160,6 +181,19 @@ def _utf8_text(path: Path) -> str:
             f"{path}: row {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); "
             "save the file as UTF-8"
         ) from None
+
+
+def _looks_like_utf16(head: bytes) -> bool:
+    """True when `head` decodes as UTF-16 into mostly printable text (random bytes do not)."""
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
+        try:
+            text = head[: len(head) // 2 * 2].decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+        if text and printable / len(text) > 0.95:
+            return True
+    return False
 
 
 def _read_hub(name: str) -> list[tuple[int, Any]]:
@@ -181,6 +215,15 @@ def load_conversations(
 ) -> tuple[list[list[Message]], DataStats]:
     """Read and normalise conversations from a file (.jsonl/.json/.parquet/.csv) or a hub dataset name."""
     path = Path(source) if source is not None else default_data_path()
+    if path.is_symlink() and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            raise UserError(f"--data {source}: a symlink loop") from None
+        except OSError:
+            raise UserError(f"--data {source}: a symlink to a missing file ({path.readlink()})") from None
+    if path.is_dir():
+        raise UserError(f"--data {source}: is a folder; give a .jsonl, .json, .parquet or .csv file")
     if path.exists():
         rows, where = _read_rows(path), str(path)
     elif (

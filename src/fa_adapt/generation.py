@@ -58,6 +58,8 @@ def as_messages(prompt: str | Sequence[Message], system: str | None = None) -> l
         messages.insert(0, {"role": "system", "content": system})
     if not messages or messages[-1]["role"] != "user":
         raise UserError("prompt: the conversation must end with a user message")
+    if not str(messages[-1].get("content", "")).strip():
+        raise UserError("prompt: empty; give the question or instruction to answer")
     return messages
 
 

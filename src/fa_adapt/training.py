@@ -231,15 +231,21 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
         resume_from = latest_checkpoint(out / "checkpoints")
         if resume_from is None:
             raise UserError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
+    data = chat_data.load_conversations(cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"])
     main = int(os.environ.get("RANK", "0")) == 0  # the other ranks use the main rank's folder
     if resume_from is None and main:
         claim_output(out, "fa_adapt", is_run_folder, is_run_entry, overwrite=cfg["overwrite"])
     with run_lock(out, enabled=main):
-        return _train(cfg, out, resume_from, base_eval, callbacks or [])
+        return _train(cfg, data, out, resume_from, base_eval, callbacks or [])
 
 
 def _train(
-    cfg: dict[str, Any], out: Path, resume_from: str | None, base_eval: float | None, callbacks: list[Any]
+    cfg: dict[str, Any],
+    data: tuple[list[Any], Any],
+    out: Path,
+    resume_from: str | None,
+    base_eval: float | None,
+    callbacks: list[Any],
 ) -> Path:
     """`finetune` once the settings are checked and the folder is claimed."""
     from transformers import set_seed
@@ -252,9 +258,7 @@ def _train(
 
     ckpt_dir = out / "checkpoints"
     set_seed(cfg["seed"])
-    conversations, stats = chat_data.load_conversations(
-        cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"]
-    )
+    conversations, stats = data
     model, tokenizer, new_ids, strat = prepare_model(cfg)
     examples = chat_data.tokenize_conversations(tokenizer, conversations, cfg["max_length"], stats)
     train_rows, val_rows = chat_data.split_train_validation(examples, cfg["seed"])

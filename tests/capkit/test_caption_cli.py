@@ -130,6 +130,9 @@ def test_attention_map_is_drawn_for_attention_and_refused_for_lstm(attention_run
     lstm = make_run(tmp_path / "lstm", "lstm")
     result = invoke("caption", photo, "--model", lstm, "--attention-map", out)
     assert result.exit_code == 2 and "attention" in result.output
+    result = invoke("caption", photo, "--model", attention_run, "--attention-map", "/proc/att.png")
+    assert result.exit_code == 2 and "error: --attention-map /proc/att.png: cannot write" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_api_decodings_and_preferred_decoding(attention_run, tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from adapt.errors import UserError
+
 GOOD = {
     "messages": [
         {"role": "user", "content": "پایتخت ایران کجاست؟"},
@@ -253,3 +255,36 @@ def test_run_folder_messages_name_the_real_cause(tmp_path):
     (capkit_run / "config.json").write_text("{}")
     (capkit_run / "metrics.json").write_text("{}")
     _assert_one_line_error(_invoke("evaluate", capkit_run), "a captioning run", "adapt caption IMAGE --model")
+
+
+def test_data_messages_name_the_real_cause(tmp_path):
+    import os
+
+    def data_error(path) -> str:
+        return _assert_one_line_error(
+            _invoke("finetune", "--data", path, "--strict", "--output", tmp_path / "o")
+        )
+
+    binary = tmp_path / "random.jsonl"
+    binary.write_bytes(bytes(range(256)) * 8 + b"\x00\x00" + bytes(range(255, 0, -1)))
+    assert "a binary file, not text" in data_error(binary) and "UTF-16" not in data_error(binary)
+    assert "is a folder" in data_error(tmp_path)
+    array = _write(tmp_path / "array.jsonl", ['[{"messages": []}]'])
+    assert "got a list (a JSON array of conversations belongs in a .json file" in data_error(array)
+    for content, kind in (("123", "a number (123)"), ('{"a": 1}', "an object")):
+        row = (
+            '{"messages": [{"role": "user", "content": %s}, {"role": "assistant", "content": "x"}]}' % content
+        )
+        line = data_error(_write(tmp_path / "content.jsonl", [row]))
+        assert f"messages[0].content: must be text, got {kind}" in line
+    os.symlink(tmp_path / "b.jsonl", tmp_path / "a.jsonl")
+    os.symlink(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    assert "a.jsonl: a symlink loop" in data_error(tmp_path / "a.jsonl")
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_prompt_is_refused():
+    from fa_adapt.generation import as_messages
+
+    with pytest.raises(UserError, match="prompt: empty"):
+        as_messages("   ")
