@@ -272,9 +272,8 @@ def test_data_messages_name_the_real_cause(tmp_path):
     array = _write(tmp_path / "array.jsonl", ['[{"messages": []}]'])
     assert "got a list (a JSON array of conversations belongs in a .json file" in data_error(array)
     for content, kind in (("123", "a number (123)"), ('{"a": 1}', "an object")):
-        row = (
-            '{"messages": [{"role": "user", "content": %s}, {"role": "assistant", "content": "x"}]}' % content
-        )
+        turns = [{"role": "user", "content": json.loads(content)}, {"role": "assistant", "content": "x"}]
+        row = json.dumps({"messages": turns})
         line = data_error(_write(tmp_path / "content.jsonl", [row]))
         assert f"messages[0].content: must be text, got {kind}" in line
     os.symlink(tmp_path / "b.jsonl", tmp_path / "a.jsonl")
