@@ -31,6 +31,13 @@ def caption_train(
     resume: Annotated[
         bool, typer.Option(help="Continue the stopped run in --output from its last checkpoint.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a previous capkit run in --output (never other files; without it such a folder is refused).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, batch order).")] = 0,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without a better validation loss.")
@@ -64,7 +71,7 @@ def caption_train(
     # printed. The old handler comes back afterwards (this function may run inside a longer process).
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        out = train(cfg, resume=resume)
+        out = train(cfg, resume=resume, overwrite=overwrite)
     finally:
         signal.signal(signal.SIGTERM, previous)
     typer.echo(str(out))

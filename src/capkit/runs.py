@@ -19,6 +19,21 @@ from adapt.runio import atomic_path, plot_curves, read_json, write_json, write_t
 from capkit.vocab import Vocab
 
 WEIGHTS, VOCAB, CONFIG, METRICS = "decoder.safetensors", "word_to_id.json", "config.json", "metrics.json"
+# what a capkit run writes into its folder: `caption-train --overwrite` deletes these and nothing else
+RUN_ENTRIES = frozenset(
+    {WEIGHTS, VOCAB, CONFIG, METRICS, "loss.png", "samples.png", "summary.md", "checkpoint.pt"}
+)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True when `folder` holds a capkit run, finished (weights) or stopped (checkpoint)."""
+    return (folder / WEIGHTS).is_file() or (folder / "checkpoint.pt").is_file()
+
+
+def is_run_entry(path: Path) -> bool:
+    """True for a file a capkit run writes (also its half-written temporaries)."""
+    name = path.name
+    return name in RUN_ENTRIES or any(name.startswith(f".{n}.") for n in RUN_ENTRIES)
 
 
 def console():

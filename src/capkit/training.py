@@ -8,6 +8,7 @@ Only the main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
@@ -137,8 +138,9 @@ def evaluate_loss(decoder: Decoder, examples: _Examples, batch_size: int, device
     return total / max(tokens, 1)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) training; returns the run folder."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run (or resume) training; returns the run folder. `overwrite` replaces a previous capkit run
+    in `cfg.output` (never other files: such a folder is refused)."""
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
@@ -183,10 +185,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         ]
         if changed:  # allowed (e.g. a lower rate to finish), but then no longer the uninterrupted run
             log(f"note: resuming with {', '.join(changed)}: the result will differ from an uninterrupted run")
-    elif out.exists() and any(out.iterdir()):
-        raise UserError(
-            f"--output {out} already holds files; pass --resume to continue it or choose another folder"
-        )
+    elif main:
+        from adapt.run_folder import claim_output
+
+        claim_output(out, "capkit", runs.is_run_folder, runs.is_run_entry, overwrite=overwrite)
 
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     train_records, val_records = dataset.split("train"), dataset.split("val")
@@ -254,6 +256,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     if not checkpoint:  # the untrained model's loss: the baseline the learning curve starts from
         state["initial_val_loss"] = round(evaluate_loss(decoder, val_set, 256, device), 5)
+    from adapt.run_folder import run_lock
+
+    lock = contextlib.ExitStack()
+    lock.enter_context(run_lock(out, enabled=main))  # refuses a second run into the same folder
     try:
         epoch = state["epoch"]
         while not state["finished"] and epoch < cfg.epochs:
@@ -336,6 +342,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if main:
             _report_interrupt(ckpt_path, cfg)
         raise
+    finally:
+        lock.close()
     accelerator.wait_for_everyone()
     return out
 

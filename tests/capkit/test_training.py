@@ -48,7 +48,7 @@ def test_resume_reaches_the_same_final_state(tiny_data, tmp_path):
     tiny = {"width": 16, "heads": 2, "decoder_layers": 1}
     full = train(_cfg(tiny_data, tmp_path / "full", decoder="transformer", decoder_config=tiny, epochs=2))
     part = train(_cfg(tiny_data, tmp_path / "part", decoder="transformer", decoder_config=tiny, epochs=1))
-    with pytest.raises(UserError, match="already holds files"):
+    with pytest.raises(UserError, match="already holds a capkit run; pass --resume"):
         train(_cfg(tiny_data, part, decoder="transformer", epochs=3))
     with pytest.raises(UserError, match="decoder='transformer', not 'lstm'"):
         train(_cfg(tiny_data, part, decoder="lstm", epochs=3), resume=True)
@@ -138,3 +138,19 @@ def test_torchrun_two_processes_write_one_run_folder(tiny_data, tmp_path):
             "word_to_id.json",
         ]
     )
+
+
+def test_output_folder_is_the_runs_own(tiny_data, tmp_path):
+    tiny = {"embed_dim": 16, "hidden_dim": 16}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("notes")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="already holds files that are not a capkit run"):
+            train(_cfg(tiny_data, mine, decoder="lstm", decoder_config=tiny, epochs=1), overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    out = train(_cfg(tiny_data, tmp_path / "run", decoder="lstm", decoder_config=tiny, epochs=1))
+    first = (out / "decoder.safetensors").stat().st_mtime_ns
+    out = train(_cfg(tiny_data, out, decoder="lstm", decoder_config=tiny, epochs=1), overwrite=True)
+    assert (out / "decoder.safetensors").stat().st_mtime_ns != first
+    assert not (out / ".adapt.lock").exists()
