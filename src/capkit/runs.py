@@ -69,11 +69,17 @@ def default_output(decoder: str) -> str:
 def save_run(
     out: Path, cfg, vocab: Vocab, decoder, state: dict, data_counts: dict, samples: list[dict]
 ) -> None:
-    """Write the final run folder (main process only), every file atomically."""
+    """Write the final run folder (main process only), every file atomically.
+
+    `config.json` marks a complete run: it is removed first and written last, so a kill at any
+    moment leaves either the previous complete run, an unfinished one (`load_captioner` says so,
+    and `--resume` finishes it from `checkpoint.pt`), or the new complete run, never a mix.
+    """
     from safetensors.torch import save_file
 
     from capkit.plots import samples_figure
 
+    (out / CONFIG).unlink(missing_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(
             {k: v.contiguous() for k, v in decoder.state_dict().items()},
@@ -81,7 +87,6 @@ def save_run(
             metadata={"decoder": cfg.decoder},
         )
     vocab.save(out / VOCAB)
-    write_json(out / CONFIG, asdict(cfg))
     history = state["history"]
     metrics = {
         "best_epoch": state["best_epoch"],
@@ -119,6 +124,7 @@ def save_run(
         f"Load it with `capkit.load_captioner({str(out)!r})`.",
     ]
     write_text(out / "summary.md", "\n".join(lines) + "\n")
+    write_json(out / CONFIG, asdict(cfg))  # last: its presence marks a complete run
 
 
 @dataclass
@@ -156,6 +162,11 @@ def load_captioner(path: str | os.PathLike[str]) -> Captioner:
 
     folder = Path(path)
     missing = [f for f in (WEIGHTS, VOCAB, CONFIG) if not (folder / f).is_file()]
+    if folder.is_dir() and missing and (folder / "checkpoint.pt").is_file():
+        raise UserError(
+            f"{folder}: a caption-train run that has not finished; continue it with the same "
+            f"`adapt caption-train` command plus --output {folder} --resume"
+        )
     if not folder.is_dir() or missing:
         raise UserError(
             f"{folder}: not a capkit run folder (missing {', '.join(missing) if folder.is_dir() else 'the folder'})"

@@ -127,10 +127,16 @@ def is_run_entry(path: Path) -> bool:
 
 
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write the run folder (every file atomically)."""
+    """Write the run folder (every file atomically).
+
+    `config.json` (with `metrics.json`) marks a complete run: it is removed first and written last,
+    so a kill at any moment leaves a complete run or an unfinished one that `load_run` names and
+    `--resume` finishes from its last checkpoint, never a mix of two runs.
+    """
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").unlink(missing_ok=True)
     if cfg["method"] == "freeze":
         from fa_adapt.strategies import decoder_layer_names
 
