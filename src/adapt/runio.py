@@ -129,6 +129,9 @@ def plot_curves(
     return Path(path)
 
 
+MAX_INTEGER = 2**31 - 1  # steps, sizes and seeds beyond it are mistakes (and overflow torch's int32 paths)
+
+
 def as_number(flag: str, value: Any, integer: bool = False) -> int | float | None:
     """`value` as a finite number (an int when `integer`), or a `UserError` naming `flag`.
 
@@ -149,6 +152,8 @@ def as_number(flag: str, value: Any, integer: bool = False) -> int | float | Non
     if integer:
         if value != int(value):
             raise UserError(f"{flag} must be a whole number, got {value}")
+        if abs(value) > MAX_INTEGER:
+            raise UserError(f"{flag} is too large ({value:g}); at most {MAX_INTEGER}")
         return int(value)
     return value
 

@@ -92,6 +92,9 @@ def _is_prompt_learning(model: Any) -> bool:
     return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
 
 
+MIN_TEMPERATURE = 0.01
+
+
 def check_generation_flags(
     max_new_tokens: int, no_repeat_ngram: int = 0, temperature: float = 0.0, top_p: float = 1.0
 ) -> None:
@@ -99,6 +102,8 @@ def check_generation_flags(
     check_positive("--max-new-tokens", max_new_tokens)
     check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
     check_positive("--temperature", temperature, allow_zero=True)
+    if 0 < temperature < MIN_TEMPERATURE:  # logits / 1e-300 overflow to inf: sampling breaks
+        raise UserError(f"--temperature: 0 for greedy or at least {MIN_TEMPERATURE}, got {temperature}")
     if not 0 < top_p <= 1:
         raise UserError(f"--top-p: must be in (0, 1], got {top_p}")
 

@@ -98,6 +98,7 @@ def resolve_config(**overrides: Any) -> dict[str, Any]:
         cfg[key] = as_number(_flag(key), cfg[key], integer=key in _INTEGERS)
     for key in ("lr", "epochs", *(k for k in _INTEGERS if k != "seed")):
         check_positive(_flag(key), cfg[key])
+    check_positive("--seed", cfg["seed"], allow_zero=True)
     if cfg["target_modules"] and isinstance(cfg["target_modules"], str):
         cfg["target_modules"] = [m.strip() for m in cfg["target_modules"].split(",") if m.strip()]
     if cfg["output"] is None:
