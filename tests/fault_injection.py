@@ -1,8 +1,10 @@
-"""Fault injection shared by the fa_adapt and capkit tests: SIGKILL a child (`kill_during_write.py`)
-at 20 seeded points inside the final write of its run folder, then check what is left."""
+"""Checks shared by the fa_adapt and capkit tests (reached through fixtures in tests/conftest.py):
+fault injection (SIGKILL a child, `kill_during_write.py`, at 20 seeded points inside the final write
+of its run folder, then check what is left), a clean CLI exit, and a snapshot of files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -63,3 +65,20 @@ def check_kills(kind, settings_for, load, files, unfinished_message, resume) -> 
     got = json.loads((Path(unfinished[-1]) / "metrics.json").read_text())
     want = json.loads((Path(reference["output"]) / "metrics.json").read_text())
     return got, want
+
+
+def assert_clean_exit(result) -> None:
+    """A CliRunner result ended with exit 0, or a clean exit 2 (SystemExit), never a traceback."""
+    assert result.exit_code in (0, 2), (result.exit_code, result.output[-2000:])
+    assert "Traceback" not in result.output, result.output[-2000:]
+    if result.exit_code == 2:
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """SHA-256 of every file under `root`, except inside `skip` and feature caches."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not (skip and skip in p.parents) and "cache" not in p.parts
+    }

@@ -4,12 +4,11 @@ number of examples on tiny models and data keeps it in the normal suite."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -25,27 +24,7 @@ CAPTION_NUMBERS = ["--beam-size", "--no-repeat-ngram", "--max-len"]
 TRAIN_NUMBERS = ["--epochs", "--batch-size", "--lr", "--patience", "--min-count", "--max-length", "--seed"]
 PATHS = ["new.png", "nested/deeper/map.png", "a-file/map.png", "/proc/map.png", "photos"]
 OUTPUTS = ["new", "a-file", "/proc/adapt-run", "users-folder"]
-FUZZ = settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-
-def _snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not (skip and skip in p.parents) and "cache" not in p.parts
-    }
-
-
-def _assert_clean(result) -> None:
-    assert result.exit_code in (0, 2), (result.exit_code, result.output[-2000:])
-    assert "Traceback" not in result.output, result.output[-2000:]
-    if result.exit_code == 2:
-        assert isinstance(result.exception, SystemExit), repr(result.exception)
+FUZZ = settings.get_profile("cli-fuzz")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +40,36 @@ def workspace(tmp_path_factory):
 
 @FUZZ
 @given(flag=st.sampled_from(CAPTION_NUMBERS), value=st.sampled_from(VALUES), path=st.sampled_from(PATHS))
-def test_caption_never_crashes_and_touches_nothing_else(workspace, flag, value, path):
+def test_caption_never_crashes_and_touches_nothing_else(workspace, checks, flag, value, path):
     root, run, photo = workspace
     target = Path(path) if path.startswith("/") else root / path
-    before = _snapshot(root, target.parent if path.startswith(("new", "nested")) else None)
+    before = checks.snapshot(root, target.parent if path.startswith(("new", "nested")) else None)
     args = ["caption", photo, "--model", run, "--attention-map", target, flag, value]
     if flag != "--beam-size":
         args += ["--decoding", "greedy"]
-    _assert_clean(caption_cli_tests.invoke(*args))
+    checks.assert_clean_exit(caption_cli_tests.invoke(*args))
     if path.startswith(("new", "nested")):
         before = {k: v for k, v in before.items() if not k.startswith(str(target.parent))}
-        after = {k: v for k, v in _snapshot(root).items() if not k.startswith(str(target.parent))}
+        after = {k: v for k, v in checks.snapshot(root).items() if not k.startswith(str(target.parent))}
     else:
-        after = _snapshot(root)
+        after = checks.snapshot(root)
     assert after == before
 
 
 @FUZZ
 @given(flag=st.sampled_from(TRAIN_NUMBERS), value=st.sampled_from(VALUES), output=st.sampled_from(OUTPUTS))
 def test_caption_train_never_crashes_and_touches_nothing_else(
-    workspace, tiny_data, monkeypatch, flag, value, output
+    workspace, tiny_data, monkeypatch, checks, flag, value, output
 ):
     root, _, _ = workspace
     monkeypatch.setenv("CAPKIT_CACHE", str(root / "cache"))
     target = Path(output) if output.startswith("/") else root / output
     if output == "new":
         target = target.with_name(f"new-{abs(hash((flag, value))) % 10**8}")
-    before = _snapshot(root, target if output == "new" else None)
+    before = checks.snapshot(root, target if output == "new" else None)
     args = ["caption-train", tiny_data, "--decoder", "lstm", "--min-count", "1", "--output", target]
     if flag != "--epochs":
         args += ["--epochs", "1"]
     result = caption_cli_tests.invoke(*args, flag, value)
-    _assert_clean(result)
-    assert _snapshot(root, target if output == "new" else None) == before
+    checks.assert_clean_exit(result)
+    assert checks.snapshot(root, target if output == "new" else None) == before

@@ -4,22 +4,13 @@ error that says to resume, and the resume completes it): never a mix of files th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
 FILES = ("config.json", "metrics.json", "loss.png", "samples.png", "summary.md", "decoder.safetensors")
 
-_spec = importlib.util.spec_from_file_location(
-    "fault_injection", Path(__file__).resolve().parents[1] / "fault_injection.py"
-)
-fault_injection = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fault_injection)
 
-
-def test_capkit_run_folder_survives_a_kill_anywhere_in_its_final_write(tiny_data, tmp_path):
+def test_capkit_run_folder_survives_a_kill_anywhere_in_its_final_write(tiny_data, tmp_path, checks):
     from capkit import load_captioner
     from capkit.training import TrainConfig, train
 
@@ -33,8 +24,6 @@ def test_capkit_run_folder_survives_a_kill_anywhere_in_its_final_write(tiny_data
     def resume(out, settings):
         train(TrainConfig(**settings), resume=True)
 
-    got, want = fault_injection.check_kills(
-        "capkit", settings_for, load_captioner, FILES, "has not finished", resume
-    )
+    got, want = checks.check_kills("capkit", settings_for, load_captioner, FILES, "has not finished", resume)
     losses = [(h["train_loss"], h["val_loss"]) for h in got["history"]]
     assert losses == [(h["train_loss"], h["val_loss"]) for h in want["history"]]

@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow
@@ -25,21 +25,7 @@ FINETUNE_NUMBERS = [
 ]
 OUTPUTS = ["new", "nested/deeper", "a-file", "/proc/adapt-run", "existing-run", "users-folder"]
 GENERATE_NUMBERS = ["--max-new-tokens", "--no-repeat-ngram", "--temperature", "--top-p", "--seed"]
-FUZZ = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-
-def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
-    """Hash of every file under `root` except those inside `skip` (the run folder)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not (skip and skip in path.parents):
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
+FUZZ = settings.get_profile("cli-fuzz")  # tests/conftest.py
 
 
 def _invoke(*args):
@@ -48,13 +34,6 @@ def _invoke(*args):
     from adapt.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _assert_clean(result) -> None:
-    assert result.exit_code in (0, 2), (result.exit_code, result.output[-2000:])
-    assert "Traceback" not in result.output, result.output[-2000:]
-    if result.exit_code == 2:
-        assert isinstance(result.exception, SystemExit), repr(result.exception)
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +68,14 @@ def workspace(tmp_path_factory, tiny_model_dir):
     output=st.sampled_from(OUTPUTS),
 )
 def test_finetune_never_crashes_and_touches_nothing_else(
-    workspace, tiny_model_dir, flag, value, in_yaml, output
+    workspace, tiny_model_dir, checks, flag, value, in_yaml, output
 ):
     root, data, _ = workspace
     target = Path(output) if output.startswith("/") else root / output
     fresh = output in ("new", "nested/deeper")
     if fresh:  # a new folder per example
         target = target.with_name(f"{target.name}-{abs(hash((flag, value, in_yaml))) % 10**8}")
-    before = _snapshot(root, target if fresh else None)
+    before = checks.snapshot(root, target if fresh else None)
     args = ["finetune", "--model", tiny_model_dir, "--data", data, "--quantization", "none"]
     args += ["--batch-size", 4, "--output", target]
     if flag != "--max-steps":
@@ -109,17 +88,19 @@ def test_finetune_never_crashes_and_touches_nothing_else(
     else:
         args += [flag, value]
     result = _invoke(*args)
-    _assert_clean(result)
-    assert _snapshot(root, target if fresh else None) == before  # nothing outside the run folder changed
+    checks.assert_clean_exit(result)
+    assert (
+        checks.snapshot(root, target if fresh else None) == before
+    )  # nothing outside the run folder changed
 
 
 @FUZZ
 @given(flag=st.sampled_from(GENERATE_NUMBERS), value=st.sampled_from(VALUES))
-def test_generate_never_crashes(workspace, flag, value):
+def test_generate_never_crashes(workspace, checks, flag, value):
     root, _, run = workspace
-    before = _snapshot(root, None)
+    before = checks.snapshot(root, None)
     args = ["generate", run, "سلام", "--json", flag, value]
     if flag != "--max-new-tokens":
         args += ["--max-new-tokens", 2]
-    _assert_clean(_invoke(*args))
-    assert _snapshot(root, None) == before
+    checks.assert_clean_exit(_invoke(*args))
+    assert checks.snapshot(root, None) == before

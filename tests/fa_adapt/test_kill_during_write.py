@@ -4,23 +4,14 @@ error that says to resume, and the resume completes it): never a mix of files th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
 FILES = ("config.json", "metrics.json", "loss.png", "summary.md", "tokenizer_config.json", "adapter")
 
-_spec = importlib.util.spec_from_file_location(
-    "fault_injection", Path(__file__).resolve().parents[1] / "fault_injection.py"
-)
-fault_injection = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fault_injection)
-
 
 def test_fa_adapt_run_folder_survives_a_kill_anywhere_in_its_final_write(
-    tiny_model_dir, chat_jsonl, tmp_path
+    tiny_model_dir, chat_jsonl, tmp_path, checks
 ):
     from fa_adapt import finetune, load_run
 
@@ -33,7 +24,7 @@ def test_fa_adapt_run_folder_survives_a_kill_anywhere_in_its_final_write(
     def resume(out, settings):
         finetune(output=str(out), resume=True)
 
-    got, want = fault_injection.check_kills(
+    got, want = checks.check_kills(
         "fa_adapt", settings_for, load_run, FILES, "resume it with: adapt finetune", resume
     )
     assert got["final_eval_loss"] == pytest.approx(want["final_eval_loss"], abs=1e-6)
