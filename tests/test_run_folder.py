@@ -34,9 +34,15 @@ def _previous_run(folder: Path) -> None:
 
 def test_new_and_empty_folders_are_taken(tmp_path):
     _claim(tmp_path / "new" / "nested")
-    assert (tmp_path / "new" / "nested").is_dir()
+    assert not (tmp_path / "new").exists()  # checked, not made: a later mistake leaves nothing
+    with run_lock(tmp_path / "new" / "nested"):  # the run makes it
+        assert (tmp_path / "new" / "nested" / LOCK_NAME).is_file()
+    assert not (tmp_path / "new").exists()  # and a run that wrote nothing leaves nothing
     (tmp_path / "empty").mkdir()
     _claim(tmp_path / "empty")
+    with run_lock(tmp_path / "empty"):
+        (tmp_path / "empty" / "result.txt").write_text("kept")
+    assert (tmp_path / "empty" / "result.txt").is_file()
 
 
 def test_a_users_files_are_refused_and_left_alone(tmp_path):

@@ -26,15 +26,33 @@ def _names(paths: Sequence[Path]) -> str:
 
 
 def check_folder_path(folder: Path, flag: str = "--output") -> None:
-    """A one-line error unless `folder` is, or can be made, a writable folder (it is created)."""
+    """A one-line error unless `folder` is, or can be made, a writable folder. A folder that does
+    not exist yet is made and removed again (with any parents made for it): a run that stops on a
+    later mistake leaves nothing behind."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder}: is a file, not a folder")
+    made = _make_folder(folder, flag)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: the folder is not writable")
+    _remove_empty(made)
+
+
+def _make_folder(folder: Path, flag: str) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it made, deepest first (a `UserError` if it cannot)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{flag} {folder}: cannot create the folder ({err.strerror or err})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder}: the folder is not writable")
+    return missing
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    for made in folders:  # deepest first; stops at the first that is not empty
+        try:
+            made.rmdir()
+        except OSError:
+            return
 
 
 def claim_output(
@@ -51,6 +69,8 @@ def claim_output(
     file beside a run is never deleted) and refused without it. Anything else is refused.
     """
     check_folder_path(folder)
+    if not folder.exists():
+        return  # made by the run itself (`run_lock`)
     entries = [p for p in folder.iterdir() if p.name != LOCK_NAME]
     if not entries:
         return
@@ -80,12 +100,14 @@ def claim_output(
 @contextlib.contextmanager
 def run_lock(folder: Path, enabled: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `folder` for the duration (no-op when not `enabled`, e.g. on the
-    non-main ranks of a multi-process run, which share the main rank's folder)."""
+    non-main ranks of a multi-process run, which share the main rank's folder). A folder made for
+    the lock is removed again if the run leaves nothing in it."""
     if not enabled:
         yield
         return
     import fcntl
 
+    made = _make_folder(folder, "--output")
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -105,3 +127,4 @@ def run_lock(folder: Path, enabled: bool = True) -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
+        _remove_empty(made)
