@@ -202,9 +202,10 @@ def generate_command(
 
     import torch
 
-    from fa_adapt.generation import check_generation_flags, generate, load_target
+    from fa_adapt.generation import as_messages, check_generation_flags, generate, load_target
 
     check_generation_flags(max_new_tokens, no_repeat_ngram, temperature, top_p)
+    as_messages(prompt)  # an empty prompt is refused before the model loads
     err = _stderr_console()
     with err.status(f"loading {run}{' (base model)' if base else ''}…"):
         target = load_target(run, base=base)

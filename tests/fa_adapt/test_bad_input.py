@@ -287,3 +287,8 @@ def test_empty_prompt_is_refused():
 
     with pytest.raises(UserError, match="prompt: empty"):
         as_messages("   ")
+
+
+def test_empty_prompt_on_the_command_line_is_one_line_before_loading(tmp_path):
+    # `nope` does not exist: the prompt is checked first, so the error is about the prompt
+    _assert_one_line_error(_invoke("generate", tmp_path / "nope", "  "), "prompt: empty")
