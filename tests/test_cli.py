@@ -68,3 +68,16 @@ def test_env_names_versions_and_cpu_kind():
     assert info["cpu_kind"].startswith("AVX512-BF16") == info["avx512_bf16"]
     line = CliRunner().invoke(app, ["env"]).output
     assert f"transformers {metadata.version('transformers')}" in line and info["cpu_kind"] in line
+
+
+def test_any_cli_module_can_be_imported_first():
+    # the package CLIs import their helpers from adapt.commands, never from adapt.cli (which
+    # imports them): no import circle whichever a program imports first
+    for first in ("adapt.cli", "fa_adapt.cli", "capkit.cli"):
+        code = (
+            f"import {first}; from adapt.cli import app; "
+            "names = {c.name for c in app.registered_commands}; "
+            "assert {'finetune', 'generate', 'caption', 'caption-train', 'env'} <= names, names"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, (first, proc.stderr[-2000:])

@@ -1,21 +1,19 @@
 """The `adapt` command line: one Typer app, commands contributed by fa_adapt and capkit.
 
 Heavy imports (torch, transformers) happen inside the commands, so `adapt --help` stays fast.
-Each package's `cli.register(app)` adds its commands through `command()`, which turns a
-`UserError` into a one-line message with exit code 2.
+Each package's `cli.register(app)` adds its commands through `adapt.commands.command()`, which
+turns a `UserError` into a one-line message with exit code 2. The packages import nothing from this
+module, so any of the three CLI modules can be imported first.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import typer
 
 from adapt import __version__
-from adapt.errors import UserError
+from adapt.commands import command, fail  # noqa: F401  (re-exported for existing callers)
 
 app = typer.Typer(
     name="adapt",
@@ -25,28 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` on stderr and exit with `code`."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
-def command(target: typer.Typer, fn: Callable[..., Any], name: str | None = None, **kwargs: Any) -> None:
-    """Register `fn` as a command of `target`, with user errors shown as one line (exit 2)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except UserError as err:
-            fail(str(err), err.exit_code)
-        except KeyboardInterrupt:
-            typer.secho("interrupted", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(130) from None
-
-    target.command(name=name, **kwargs)(wrapper)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adapt.cli import command
+from adapt.commands import command
 
 
 def caption_train(

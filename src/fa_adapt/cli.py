@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adapt.cli import command
+from adapt.commands import command
 
 
 def register(app: typer.Typer) -> None:
