@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 import adapt
 import capkit
 import fa_adapt
-from adapt.cli import app, command
+from adapt.cli import app
+from adapt.commands import command
 from adapt.errors import UserError
 
 

@@ -20,7 +20,7 @@ def _claim(folder: Path, overwrite: bool = False) -> None:
         folder,
         "demo",
         is_run=lambda f: (f / "config.json").is_file(),
-        run_entries=lambda p: p.name in RUN_FILES,
+        run_names=RUN_FILES,
         overwrite=overwrite,
     )
 
@@ -50,7 +50,7 @@ def test_a_users_files_are_refused_and_left_alone(tmp_path):
     (tmp_path / "thesis.txt").write_text("notes")
     for overwrite in (False, True):
         with pytest.raises(UserError, match="already holds files that are not a demo run"):
-            claim_output(tmp_path, "demo", lambda f: False, lambda p: True, overwrite=overwrite)
+            claim_output(tmp_path, "demo", lambda f: False, RUN_FILES, overwrite=overwrite)
     assert (tmp_path / "config.json").read_text() == "MY OWN CONFIG"
     assert (tmp_path / "thesis.txt").read_text() == "notes"
 

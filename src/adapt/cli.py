@@ -13,7 +13,6 @@ import sys
 import typer
 
 from adapt import __version__
-from adapt.commands import command, fail  # noqa: F401  (re-exported for existing callers)
 
 app = typer.Typer(
     name="adapt",

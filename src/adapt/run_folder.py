@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from adapt.errors import UserError
+from adapt.runio import STAGING_PREFIX, temporary_prefix
 
 LOCK_NAME = ".adapt.lock"
 
@@ -55,17 +56,27 @@ def _remove_empty(folders: Sequence[Path]) -> None:
             return
 
 
+def _written_by_run(name: str, run_names: Collection[str]) -> bool:
+    """True for one of `run_names` or a temporary that `atomic_path`/`staging_folder` made for one."""
+    return (
+        name in run_names
+        or name.startswith(STAGING_PREFIX)
+        or any(name.startswith(temporary_prefix(n)) for n in run_names)
+    )
+
+
 def claim_output(
     folder: Path,
     kind: str,
     is_run: Callable[[Path], bool],
-    run_entries: Callable[[Path], bool],
+    run_names: Collection[str],
     overwrite: bool = False,
 ) -> None:
     """Make `folder` ready for a new run of `kind`, or refuse with a one-line error.
 
     An empty or new folder is taken. A folder where `is_run(folder)` holds a previous run is
-    replaced with `overwrite` (only when `run_entries(path)` accepts every entry in it: a user's
+    replaced with `overwrite` (only when every entry in it is one of `run_names`, the files and
+    folders such a run writes, or a temporary of `adapt.runio` left by a killed write: a user's
     file beside a run is never deleted) and refused without it. Anything else is refused.
     """
     check_folder_path(folder)
@@ -79,7 +90,7 @@ def claim_output(
             f"--output {folder} already holds files that are not a {kind} run ({_names(entries)}); "
             "choose another folder"
         )
-    foreign = [p for p in entries if not run_entries(p)]
+    foreign = [p for p in entries if not _written_by_run(p.name, run_names)]
     if foreign:
         raise UserError(
             f"--output {folder} holds a {kind} run and other files ({_names(foreign)}); "

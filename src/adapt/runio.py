@@ -24,6 +24,12 @@ from adapt.errors import UserError
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+STAGING_PREFIX = ".staging-"  # staging_folder's temporary folders
+
+
+def temporary_prefix(name: str) -> str:
+    """How `atomic_path` names the temporary file it writes `name` through."""
+    return f".{name}."
 
 
 @contextlib.contextmanager
@@ -31,7 +37,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """Yield a temporary path beside `path`; on success it is renamed to `path`, else removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=temporary_prefix(target.name), suffix=suffix or target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,7 +59,7 @@ def staging_folder(parent: str | os.PathLike[str]) -> Iterator[Path]:
     `swap_in` renames it into place; deleted on exit with whatever it still holds."""
     root = Path(parent)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     try:
         yield tmp
     finally:
@@ -162,7 +170,7 @@ def check_positive(flag: str, value: float | None, allow_zero: bool = False) -> 
     """Raise a `UserError` naming `flag` unless `value` is a finite positive number (or zero when allowed)."""
     if value is None:
         return
-    as_number(flag, value)
+    value = as_number(flag, value)
     if value < 0 or (value == 0 and not allow_zero):
         bound = "0 or more" if allow_zero else "greater than 0"
         raise UserError(f"{flag} must be {bound}, got {value}")

@@ -30,12 +30,6 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / WEIGHTS).is_file() or (folder / "checkpoint.pt").is_file()
 
 
-def is_run_entry(path: Path) -> bool:
-    """True for a file a capkit run writes (also its half-written temporaries)."""
-    name = path.name
-    return name in RUN_ENTRIES or any(name.startswith(f".{n}.") for n in RUN_ENTRIES)
-
-
 def console():
     from rich.console import Console
 

@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     elif main:
         from adapt.run_folder import claim_output
 
-        claim_output(out, "capkit", runs.is_run_folder, runs.is_run_entry, overwrite=overwrite)
+        claim_output(out, "capkit", runs.is_run_folder, runs.RUN_ENTRIES, overwrite=overwrite)
 
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     train_records, val_records = dataset.split("train"), dataset.split("val")

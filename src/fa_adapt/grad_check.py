@@ -13,6 +13,7 @@ costs a tiny fraction of a step.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -77,7 +78,7 @@ def gradient_problem(model: Any, norms: dict[str, float] | None = None) -> str |
     for group, norm in (norms if norms is not None else gradient_norms(model)).items():
         # (fp16 loss scaling would need care here: its first steps may overflow by design. fa_adapt
         # trains in fp32 or bf16, which do not scale the loss.)
-        if norm != norm or norm in (float("inf"), float("-inf")):
+        if not math.isfinite(norm):
             return (
                 f"the {group} got a non-finite gradient at the first step; lower --lr or check the "
                 "data and --quantization"

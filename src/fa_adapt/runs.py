@@ -15,6 +15,7 @@ from typing import Any
 
 from adapt.errors import UserError
 from adapt.runio import atomic_path, plot_curves, read_json, staging_folder, swap_in, write_json, write_text
+from fa_adapt.strategies import STRATEGIES
 
 LAYERS_FILE = "trained_layers.safetensors"
 
@@ -111,19 +112,9 @@ def is_run_folder(folder: Path) -> bool:
     if (folder / "checkpoints" / "resume.json").is_file():
         return True
     try:
-        return read_json(folder / "config.json").get("method") in ("lora", "prompt", "freeze")
+        return read_json(folder / "config.json").get("method") in STRATEGIES
     except (UserError, AttributeError):
         return False
-
-
-def is_run_entry(path: Path) -> bool:
-    """True for a file or folder an fa_adapt run writes (also its half-written temporaries)."""
-    name = path.name
-    return (
-        name in RUN_ENTRIES
-        or name.startswith(".staging-")
-        or any(name.startswith(f".{n}.") for n in RUN_ENTRIES)
-    )
 
 
 def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -209,7 +200,7 @@ def read_run_config(folder: Path) -> dict[str, Any]:
             )
         raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
     cfg = read_json(folder / "config.json")
-    if not isinstance(cfg, dict) or cfg.get("method") not in ("lora", "prompt", "freeze"):
+    if not isinstance(cfg, dict) or cfg.get("method") not in STRATEGIES:
         method = cfg.get("method") if isinstance(cfg, dict) else None
         raise UserError(f"{folder / 'config.json'}: not an fa_adapt run config (method {method!r})")
     return cfg

@@ -70,7 +70,7 @@ class ChatTrainer(LabeledLossMixin, Trainer):
         from adapt.errors import UserError
         from fa_adapt.runs import latest_checkpoint
 
-        kept = latest_checkpoint(Path(self.args.output_dir)) if os.path.isdir(self.args.output_dir) else None
+        kept = latest_checkpoint(Path(self.args.output_dir))
         where = f"the last good checkpoint is kept: {kept}" if kept else "no checkpoint had been saved yet"
         raise UserError(f"{what} (lower --lr, now {self.args.learning_rate}); {where}")
 

@@ -153,6 +153,11 @@ def prepare_model(cfg: dict[str, Any]) -> tuple[Any, Any, list[int], Any]:
 RESUME_FILE = "resume.json"  # in <output>/checkpoints: the resolved settings and the step-0 loss
 
 
+def _as_saved(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` as a run folder keeps it: the one-off switches of this invocation turned off."""
+    return dict(cfg, resume=False, overwrite=False)
+
+
 def _resume_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     """The stopped run's settings (flags given now override them) and its step-0 validation loss."""
     if settings.get("output") is None:
@@ -220,7 +225,7 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     tensors gets no gradient at the first step (`fa_adapt.grad_check`).
     """
     from adapt.run_folder import claim_output, run_lock
-    from fa_adapt.runs import is_run_entry, is_run_folder, latest_checkpoint
+    from fa_adapt.runs import RUN_ENTRIES, is_run_folder, latest_checkpoint
 
     base_eval = None
     if settings.get("resume"):
@@ -235,7 +240,7 @@ def finetune(*, callbacks: list[Any] | None = None, **settings: Any) -> Path:
     data = chat_data.load_conversations(cfg["data"], strict=cfg["strict"], limit=cfg["max_train_rows"])
     main = int(os.environ.get("RANK", "0")) == 0  # the other ranks use the main rank's folder
     if resume_from is None and main:
-        claim_output(out, "fa_adapt", is_run_folder, is_run_entry, overwrite=cfg["overwrite"])
+        claim_output(out, "fa_adapt", is_run_folder, RUN_ENTRIES, overwrite=cfg["overwrite"])
     with run_lock(out, enabled=main):
         return _train(cfg, data, out, resume_from, base_eval, callbacks or [])
 
@@ -266,7 +271,7 @@ def _train(
     steps_per_epoch = math.ceil(len(train_rows) / (cfg["batch_size"] * cfg["grad_accum"]))
     total_steps = int(cfg["max_steps"] or math.ceil(steps_per_epoch * cfg["epochs"]))
     progress, interrupt, guard = RichProgress(), InterruptCheckpoint(), GradientGuard()
-    start = RecordStart(ckpt_dir / RESUME_FILE, dict(cfg, resume=False, overwrite=False))
+    start = RecordStart(ckpt_dir / RESUME_FILE, _as_saved(cfg))
     trainer = ChatTrainer(
         model=model,
         args=_training_arguments(cfg, out, total_steps, fresh=resume_from is None),
@@ -342,7 +347,5 @@ def _write_outputs(
         "wall_time_s": wall,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
-    cfg_out = dict(
-        cfg, resume=False, overwrite=False, strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids
-    )
+    cfg_out = dict(_as_saved(cfg), strategy=dataclasses.asdict(strat), chatml_token_ids=new_ids)
     write_run(out, model, tokenizer, cfg_out, metrics)
