@@ -31,10 +31,8 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         **describe(),
         "torch_threads": torch.get_num_threads(),
-        "device": device,
+        "device": device,  # describe() adds the GPU's name when torch sees one
     }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
