@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from adapt.errors import UserError
 from adapt.runio import STAGING_PREFIX, temporary_prefix
 
 LOCK_NAME = ".adapt.lock"
+
+
+def default_run_folder(prefix: str) -> str:
+    """Where a run goes when no --output is given: `runs/<prefix>-<date>-<time>`."""
+    return str(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _names(paths: Sequence[Path]) -> str:
