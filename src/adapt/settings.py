@@ -170,18 +170,17 @@ def _default_text(field: dataclasses.Field) -> str:
 def option_of(field: dataclasses.Field, kind: Any) -> inspect.Parameter:
     """The Typer option of one field: not given = None; numbers read as text (see module doc)."""
     help_text = field.metadata.get("help", "")
+    if field.metadata.get("choices"):
+        help_text += f" One of: {CHOICES}."
     shown = _default_text(field)
     if shown:
         help_text += f" \\[default: {shown}]"  # escaped: Rich markup would eat [..]
     if kind is bool:
-        info = typer.Option(flag_of(field.name), help=help_text)
-        annotation: Any = Annotated[bool | None, info]
+        annotation: Any = Annotated[bool | None, typer.Option(flag_of(field.name), help=help_text)]
     else:
-        if field.metadata.get("choices"):
-            help_text += f" One of: {CHOICES}."
-            metavar = "NAME"
-        else:
-            metavar = _METAVARS.get(kind, "NAMES" if typing.get_origin(kind) is list else "TEXT")
+        metavar = "NAME" if field.metadata.get("choices") else _METAVARS.get(kind, "TEXT")
+        if typing.get_origin(kind) is list:
+            metavar = "NAMES"
         info = typer.Option(flag_of(field.name), help=help_text, show_default=False, metavar=metavar)
         annotation = Annotated[str | None, info]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
