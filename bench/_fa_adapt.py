@@ -90,7 +90,7 @@ def decoder_linear_params(model: Any) -> dict[str, int]:
     """
     import torch.nn as nn
 
-    from fa_adapt.strategies import logical_numel
+    from fa_adapt.params import logical_numel
 
     frozen = trainable = 0
     for name, module in model.named_modules():

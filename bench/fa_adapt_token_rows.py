@@ -57,12 +57,13 @@ def run_method(method: str, n_batches: int, repeat: int, device: str) -> list[di
     from fa_adapt import data as chat_data
     from fa_adapt import training
     from fa_adapt.collator import ChatCollator
+    from fa_adapt.config import resolve_config
 
-    cfg = training.resolve_config(method=method, output="/dev/null")
+    cfg = resolve_config(method=method, output="/dev/null")
     model, tokenizer, _, _ = training.prepare_model(cfg)
     model.to(device).train()
     conversations, stats = chat_data.load_conversations(None)
-    rows = chat_data.tokenize_conversations(tokenizer, conversations, cfg["max_length"], stats)
+    rows = chat_data.tokenize_conversations(tokenizer, conversations, cfg.max_length, stats)
     collate = ChatCollator(tokenizer.pad_token_id)
     rows = rows[: 4 * (n_batches + 1)]
     batches = [{k: v.to(device) for k, v in collate(rows[i : i + 4]).items()} for i in range(0, len(rows), 4)]

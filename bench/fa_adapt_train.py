@@ -163,11 +163,13 @@ def build(
     config: str, model_name: str | None, batch_size: int, max_length: int, trl_token_rows: bool
 ) -> dict[str, Any]:
     """Model, tokenizer, trainer class and collator of one configuration (nothing trained yet)."""
-    from fa_adapt import strategies, training
+    from fa_adapt import training
     from fa_adapt.collator import ChatCollator
+    from fa_adapt.config import resolve_config
+    from fa_adapt.methods import get_method
 
     setup, method = config.split("-", 1)
-    cfg = training.resolve_config(
+    cfg = resolve_config(
         method=method, model=model_name, output="/tmp/bench-unused", batch_size=batch_size
     )
     if setup == "trl":
@@ -179,12 +181,12 @@ def build(
         tokenizer = load_tokenizer(model_name)
         model = load_model(model_name)
         new_ids = add_chatml_tokens(tokenizer, model)
-        lora = strategies.LoraConfig()
+        lora = get_method("lora").settings
         peft_config = PeftLoraConfig(
             task_type="CAUSAL_LM",
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
+            r=lora.lora_r,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
             target_modules=list(lora.target_modules),
             # TRL 1.16's fused LM head reads lm_head.bias, which PEFT's TrainableTokensWrapper (the tied
             # ChatML rows) lacks: AttributeError. Without the rows the step costs the same to within
@@ -192,9 +194,9 @@ def build(
             trainable_token_indices=list(new_ids) if trl_token_rows else None,
         )
         return dict(
-            model=model, tokenizer=tokenizer, peft_config=peft_config, lr=lora.lr, setup=setup, method=method
+            model=model, tokenizer=tokenizer, peft_config=peft_config, lr=cfg.lr, setup=setup, method=method
         )
-    model, tokenizer, _, strat = training.prepare_model(cfg)
+    model, tokenizer, _, _ = training.prepare_model(cfg)
     if setup == "source":
         from transformers import Trainer
 
@@ -206,7 +208,7 @@ def build(
             tokenizer=tokenizer,
             cls=Trainer,
             collator=collator,
-            lr=strat.lr,
+            lr=cfg.lr,
             batch=1,
             grouped=False,
             setup=setup,
@@ -217,7 +219,7 @@ def build(
         tokenizer=tokenizer,
         cls=_our_trainer_class(),
         collator=ChatCollator(tokenizer.pad_token_id),
-        lr=strat.lr,
+        lr=cfg.lr,
         batch=batch_size,
         grouped=True,
         setup=setup,

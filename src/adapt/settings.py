@@ -36,14 +36,15 @@ def setting(
     check: str | None = None,
     choices: Callable[[], Iterable[str]] | None = None,
     cli: bool = True,
-    default_text: str | None = None,
+    default_text: str | Callable[[], str] | None = None,
 ) -> Any:
     """A dataclass field with its CLI help.
 
     `check`: "positive" or "non_negative" for numbers. `choices`: a function giving the valid names
     (a registry's keys, read only when help is shown or a value is checked, so `adapt --help` never
     imports torch). `cli=False` keeps a field out of the flags (API and config files only).
-    `default_text` is shown in `--help` where the default depends on other settings.
+    `default_text` (or a function giving it) is shown in `--help` where the default depends on
+    other settings.
     """
     meta = {"help": help, "check": check, "choices": choices, "cli": cli, "default_text": default_text}
     if default_factory is not MISSING:
@@ -157,8 +158,9 @@ _METAVARS = {int: "INTEGER", float: "NUMBER", str: "TEXT"}
 
 
 def _default_text(field: dataclasses.Field) -> str:
-    if field.metadata.get("default_text"):
-        return field.metadata["default_text"]
+    text = field.metadata.get("default_text")
+    if text:
+        return text() if callable(text) else text
     if field.default is not MISSING and field.default is not None and not isinstance(field.default, bool):
         return str(field.default)
     if field.default_factory is not MISSING:  # type: ignore[misc]

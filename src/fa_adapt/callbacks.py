@@ -12,19 +12,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from adapt.errors import UserError
 from adapt.runio import write_json
-
-
-class Interrupted(UserError):
-    """Training was stopped by a signal after its checkpoint was saved (exit code 128 + signal)."""
-
-    exit_code = 128 + signal.SIGINT
-
-    def __init__(self, message: str, signum: int | None = None) -> None:
-        super().__init__(message)
-        if signum is not None:
-            self.exit_code = 128 + signum
+from adapt.stopping import stop_signals
 
 
 class RichProgress(TrainerCallback):
@@ -38,20 +27,14 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         if not state.is_world_process_zero:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("[bold]finetune"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[losses]}"),
-            console=Console(stderr=True),
-        )
+        from adapt.console import new_progress
+
+        self.progress = new_progress(TextColumn("{task.fields[losses]}"), transient=False, remaining=True)
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=state.max_steps, completed=state.global_step, losses=""
+            "[bold]finetune", total=state.max_steps, completed=state.global_step, losses=""
         )
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
@@ -106,12 +89,8 @@ class InterruptCheckpoint(TrainerCallback):
                 "(Ctrl-C again stops at once)\n"
             )
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_signals(handler):
             yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         stop = self.stopped

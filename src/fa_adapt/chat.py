@@ -26,6 +26,9 @@ _MIRROR = str.maketrans("()[]{}<>«»", ")(][}{><»«")
 HELP = "Type a message. /reset clears the history, /exit (or Ctrl-D) quits."
 
 
+RTL_MODES = ("terminal", "visual", "off")  # --rtl: the terminal does bidi itself, reorder here, or not at all
+
+
 def visual_order(line: str) -> str:
     """Reorder one logical line into display order for a terminal without bidi support.
 

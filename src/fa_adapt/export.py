@@ -34,16 +34,15 @@ CHATML_TEMPLATE = (
 
 
 def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, run config) of a lora or freeze run with every trained part merged into
-    the unquantized base weights (fp32)."""
-    from fa_adapt.runs import load_run
+    """(model, tokenizer, run config) of a run with every trained part merged into the unquantized
+    base weights (fp32); a method with an `export_refusal` (prompt tuning) is refused."""
+    from fa_adapt.methods import get_method
+    from fa_adapt.runs import load_run, read_run_config
 
+    refusal = get_method(read_run_config(Path(run_path))["method"]).export_refusal
+    if refusal:  # said before the model loads
+        raise UserError(f"{run_path}: {refusal}")
     run = load_run(run_path, quantization="none")
-    if run.method == "prompt":
-        raise UserError(
-            f"{run_path}: a prompt-tuning run has no weights to merge (its soft prompt is prepended to "
-            "the input); use it through `adapt generate`/`fa_adapt.load_run`"
-        )
     model = run.model
     if hasattr(model, "merge_and_unload"):
         with warnings.catch_warnings():  # load_run merged the ChatML rows already; PEFT says so

@@ -24,6 +24,7 @@ from typing import Any
 
 from adapt.errors import UserError
 from adapt.runio import check_positive
+from adapt.settings import setting
 from fa_adapt.chatml import IM_END, Message, render
 
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -93,6 +94,21 @@ def _is_prompt_learning(model: Any) -> bool:
 
 
 MIN_TEMPERATURE = 0.01
+
+
+@dataclass
+class GenerationConfig:
+    """How `adapt generate` and `adapt chat` answer (their flags are these fields)."""
+
+    max_new_tokens: int = setting(DEFAULT_MAX_NEW_TOKENS, "Most tokens per answer.", check="positive")
+    no_repeat_ngram: int = setting(
+        DEFAULT_NO_REPEAT_NGRAM, "Never repeat an n-gram of the answer (0 = off).", check="non_negative"
+    )
+    temperature: float = setting(0.0, "0 = greedy; above 0 samples.", check="non_negative")
+    top_p: float = setting(1.0, "Nucleus sampling mass (with --temperature > 0).")
+
+    def __post_init__(self) -> None:
+        check_generation_flags(self.max_new_tokens, self.no_repeat_ngram, self.temperature, self.top_p)
 
 
 def check_generation_flags(
@@ -252,24 +268,26 @@ def generate_batch(
         )
         with torch.no_grad():
             out = runner.generate(**inputs, **kw, logits_processor=rules, streamer=streamer)
-        seconds = time.perf_counter() - t0
-        new = out[:, prompt_len:].tolist()
-        for messages, row in zip(chunk, new, strict=True):
-            end = next((i for i, t in enumerate(row) if t in stops), None)
-            kept = row if end is None else row[:end]
-            answers.append(
-                Answer(
-                    prompt=messages[-1]["content"],
-                    answer=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                    stopped=end is not None,
-                    tokens=len(kept) + (end is not None),
-                    seconds=seconds / len(chunk),
-                    token_ids=kept + ([row[end]] if end is not None else []),
-                )
-            )
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for messages, row in zip(chunk, out[:, prompt_len:].tolist(), strict=True):
+            answers.append(_answer(tokenizer, messages[-1]["content"], row, stops, seconds))
         if on_batch is not None:
             on_batch(len(chunk))
     return answers
+
+
+def _answer(tokenizer: Any, prompt: str, row: list[int], stops: set[int], seconds: float) -> Answer:
+    """The answer in generated ids `row`: up to its first stop token (kept in `token_ids`)."""
+    end = next((i for i, t in enumerate(row) if t in stops), None)
+    kept = row if end is None else row[:end]
+    return Answer(
+        prompt=prompt,
+        answer=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+        stopped=end is not None,
+        tokens=len(kept) + (end is not None),
+        seconds=seconds,
+        token_ids=kept + ([row[end]] if end is not None else []),
+    )
 
 
 def generate(
@@ -277,28 +295,16 @@ def generate(
     prompt: str | Sequence[Message],
     tokenizer: Any = None,
     system: str | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
     stream: Callable[[str], None] | None = None,
+    **settings: Any,
 ) -> Answer:
     """Answer one prompt (a user message, or a conversation ending with a user message).
 
     `target` is a loaded run (`fa_adapt.load_run`) or a model (then pass its `tokenizer`, with
-    the ChatML tokens added). Greedy by default; stops at `<|im_end|>`.
+    the ChatML tokens added). `settings` are `GenerationConfig`'s (max_new_tokens,
+    no_repeat_ngram, temperature, top_p). Greedy by default; stops at `<|im_end|>`.
     """
-    return generate_batch(
-        target,
-        [prompt],
-        tokenizer=tokenizer,
-        system=system,
-        max_new_tokens=max_new_tokens,
-        no_repeat_ngram=no_repeat_ngram,
-        temperature=temperature,
-        top_p=top_p,
-        stream=stream,
-    )[0]
+    return generate_batch(target, [prompt], tokenizer=tokenizer, system=system, stream=stream, **settings)[0]
 
 
 BASE = "base"

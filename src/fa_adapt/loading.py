@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
+from adapt.runio import staging_folder, swap_in
 
 DEFAULT_MODEL_DIRNAME = "gemma-3-270m"
 QUANTIZATIONS = ("nf4", "none")
@@ -76,9 +76,7 @@ def ensure_cache(target: Path, build: Callable[[Path], None]) -> Path:
         return target
     if target.exists():
         print(f"rebuilding {target}: {problem}", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=target.parent))
-    try:
+    with staging_folder(target.parent) as tmp:
         out = tmp / "new"
         out.mkdir()
         build(out)
@@ -86,11 +84,7 @@ def ensure_cache(target: Path, build: Callable[[Path], None]) -> Path:
         (out / _MARKER).write_text(json.dumps(sizes), encoding="utf-8")
         if cache_problem(target) is None:  # another process finished first: keep its copy
             return target
-        if target.exists():
-            os.replace(target, tmp / "damaged")  # a rename: the folder is never half-deleted in place
-        os.replace(out, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        swap_in(out, target)  # renames only: the old folder is never half-deleted in place
     return target
 
 

@@ -1,12 +1,14 @@
 """Run folders: write one after training, load one back with a single call (`load_run`).
 
-Layout: config.json, metrics.json, loss.png, summary.md, tokenizer files, and either `adapter/`
-(PEFT save_pretrained, safetensors) for lora/prompt or, for freeze, `trained_layers.safetensors`
-(the first/last decoder layers) plus `adapter/` holding the ChatML token rows.
+Layout: config.json (the settings, flat as flags are named), metrics.json, loss.png, summary.md,
+tokenizer files, and what the method writes (`fa_adapt.methods`): `adapter/` (PEFT
+save_pretrained, safetensors) for lora/prompt; for freeze `trained_layers.safetensors` (the
+first/last decoder layers) plus `adapter/` holding the ChatML token rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -14,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError
-from adapt.runio import atomic_path, plot_curves, read_json, staging_folder, swap_in, write_json, write_text
-from fa_adapt.strategies import STRATEGIES
-
-LAYERS_FILE = "trained_layers.safetensors"
+from adapt.runio import plot_curves, read_json, staging_folder, write_json, write_text
+from fa_adapt.methods import METHODS, Method, get_method
 
 
 @dataclass
@@ -65,16 +65,14 @@ def _gradient_line(check: dict[str, Any] | None) -> str:
     )
 
 
-# Everything `adapt finetune`, `adapt evaluate` and saving a tokenizer put into a run folder:
-# `--overwrite` deletes these and nothing else
-RUN_ENTRIES = frozenset(
+# What `adapt finetune`, `adapt evaluate` and saving a tokenizer put into every run folder; with the
+# methods' own files, what `--overwrite` deletes (and nothing else)
+COMMON_ENTRIES = frozenset(
     {
         "config.json",
         "metrics.json",
         "loss.png",
         "summary.md",
-        "adapter",
-        LAYERS_FILE,
         "checkpoints",
         "eval.json",
         "tokenizer.json",
@@ -85,6 +83,11 @@ RUN_ENTRIES = frozenset(
         "tokenizer.model",
     }
 )
+
+
+def run_entries() -> frozenset[str]:
+    """Every name an fa_adapt run of any registered method may write into its folder."""
+    return COMMON_ENTRIES.union(*(cls.run_files for cls in METHODS.values()))
 
 
 def latest_checkpoint(folder: Path) -> str | None:
@@ -112,40 +115,54 @@ def is_run_folder(folder: Path) -> bool:
     if (folder / "checkpoints" / "resume.json").is_file():
         return True
     try:
-        return read_json(folder / "config.json").get("method") in STRATEGIES
+        return read_json(folder / "config.json").get("method") in METHODS
     except (UserError, AttributeError):
         return False
 
 
-def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write the run folder (every file atomically).
+def run_metrics(trainer: Any, cfg: Any, stats: Any, evals: dict[str, Any], wall: float) -> dict[str, Any]:
+    """metrics.json of a finished training: losses, parameter counts, data counts, speed."""
+    from fa_adapt.params import count_parameters
+
+    state = trainer.state
+    counts = count_parameters(trainer.model)
+    n_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
+    eval_curve = [(h["step"], h["eval_loss"]) for h in state.log_history if "eval_loss" in h]
+    base_eval = evals["initial_eval_loss"]
+    if base_eval is not None and not any(step == 0 for step, _ in eval_curve):
+        eval_curve.insert(0, (0, base_eval))  # a run resumed from a checkpoint of an older version
+    return {
+        "method": cfg.method,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        **evals,
+        "train_loss": [(h["step"], h["loss"]) for h in state.log_history if "loss" in h],
+        "eval_loss": eval_curve,
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_percent": counts["percent"],
+        "train_rows": len(trainer.train_dataset),
+        "validation_rows": len(trainer.eval_dataset),
+        "data": dataclasses.asdict(stats),
+        "tokens_per_second": n_tokens * (state.epoch or 0) / max(wall, 1e-9),
+        "wall_time_s": wall,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def write_run(
+    out: Path, model: Any, tokenizer: Any, method: Method, cfg: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Write the run folder (every file atomically): the method's trained parts, tokenizer, metrics,
+    plot, summary and, last, the settings `cfg`.
 
     `config.json` (with `metrics.json`) marks a complete run: it is removed first and written last,
     so a kill at any moment leaves a complete run or an unfinished one that `load_run` names and
     `--resume` finishes from its last checkpoint, never a mix of two runs.
     """
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)
-    if cfg["method"] == "freeze":
-        from fa_adapt.strategies import decoder_layer_names
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        names = decoder_layer_names(base.config)
-        tensors = {
-            k: v.detach().cpu().contiguous()
-            for k, v in base.state_dict().items()
-            if any(k.startswith(n + ".") for n in names)
-        }
-        with atomic_path(out / LAYERS_FILE) as tmp:
-            save_file(tensors, str(tmp))
-    if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
-        # the resized embedding is rebuilt at load time (add_chatml_tokens is deterministic) and the
-        # trained ChatML rows are in the adapter's token deltas: never copy the 262k-row matrix
-        with staging_folder(out) as tmp:
-            model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
-            swap_in(tmp / "adapter", out / "adapter")
+    method.save(model, out)
     with staging_folder(out) as tmp:
         tokenizer.save_pretrained(str(tmp))
         for f in tmp.iterdir():  # each file renamed over the old one: never half-written
@@ -158,21 +175,6 @@ def write_run(out: Path, model: Any, tokenizer: Any, cfg: dict[str, Any], metric
     )
     write_text(out / "summary.md", _summary(cfg, metrics))
     write_json(out / "config.json", cfg)  # last: its presence with metrics marks a complete run
-
-
-def merge_token_rows(model: Any) -> None:
-    """Write trained ChatML rows into the embedding once, for inference.
-
-    Unmerged, PEFT's trainable-token layer rebuilds the whole embedding matrix (262k rows on Gemma,
-    twice with the tied output head) on every forward: generation from a LoRA run was 6x slower
-    than from the base model. Only the trained rows change, so the merge is exact; LoRA weights
-    stay unmerged (merging into 4-bit weights would round them).
-    """
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-
-    for module in model.modules():
-        if isinstance(module, TrainableTokensLayer) and not module.merged:
-            module.merge()
 
 
 def read_run_config(folder: Path) -> dict[str, Any]:
@@ -200,7 +202,7 @@ def read_run_config(folder: Path) -> dict[str, Any]:
             )
         raise UserError(f"{folder}: not a run folder (no config.json / metrics.json from `adapt finetune`)")
     cfg = read_json(folder / "config.json")
-    if not isinstance(cfg, dict) or cfg.get("method") not in STRATEGIES:
+    if not isinstance(cfg, dict) or cfg.get("method") not in METHODS:
         method = cfg.get("method") if isinstance(cfg, dict) else None
         raise UserError(f"{folder / 'config.json'}: not an fa_adapt run config (method {method!r})")
     return cfg
@@ -208,23 +210,30 @@ def read_run_config(folder: Path) -> dict[str, Any]:
 
 def load_run(path: str | Path, quantization: str | None = None) -> Run:
     """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config."""
-    import torch
+    from transformers import AutoConfig
 
-    from fa_adapt.chatml import add_chatml_tokens
-    from fa_adapt.loading import load_model, load_tokenizer, resolve_model_path
-    from fa_adapt.strategies import decoder_layer_names
+    from fa_adapt.loading import load_model, resolve_model_path
 
     folder = Path(path)
     cfg = read_run_config(folder)
-    method = cfg["method"]
+    method = get_method(cfg["method"])  # only its hooks: what it trained is read from the folder
     quant = quantization or cfg.get("quantization", "nf4")
     base_path = resolve_model_path(cfg.get("model"))
-    skip = None
-    if method == "freeze" and quant == "nf4":
-        from transformers import AutoConfig
-
-        skip = decoder_layer_names(AutoConfig.from_pretrained(base_path))
+    skip = method.keep_unquantized(AutoConfig.from_pretrained(base_path)) if quant == "nf4" else None
     model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False)
+    tokenizer = _run_tokenizer(folder, base_path, model)
+    model = method.load(model, folder, base_path)
+    model.eval()
+    if hasattr(model, "config"):
+        model.config.use_cache = True
+    return Run(model=model, tokenizer=tokenizer, config=cfg, path=folder, method=method.name)
+
+
+def _run_tokenizer(folder: Path, base_path: str, model: Any) -> Any:
+    """The run's tokenizer, after the base model got the same ChatML rows as in training."""
+    from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.loading import load_tokenizer
+
     # as saved, exactly as trained; also keeps transformers from taking the run's own config.json
     # (no model_type) for an old Mistral checkpoint's and warning about a Mistral regex
     tokenizer = load_tokenizer(str(folder), fix_mistral_regex=False)
@@ -234,42 +243,4 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
         raise UserError(
             f"{folder}: tokenizer has {len(tokenizer)} tokens, base model {base_path} gives {len(base_tokenizer)}"
         )
-    adapter = folder / "adapter"
-    if method in ("lora", "prompt") or adapter.is_dir():
-        from peft import PeftModel
-
-        if not adapter.is_dir():
-            raise UserError(f"{folder}: run folder has no adapter/ (incomplete run)")
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter))
-        except (RuntimeError, ValueError) as err:
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if ln.startswith("size mismatch")), lines[0] if lines else "")
-            raise UserError(f"{adapter}: adapter does not fit base model {base_path} ({why})") from None
-        if method == "freeze":
-            model = model.merge_and_unload()
-        else:
-            merge_token_rows(model)
-    if method == "freeze":
-        from safetensors.torch import load_file
-
-        layers = folder / LAYERS_FILE
-        if not layers.is_file():
-            raise UserError(f"{folder}: run folder has no {LAYERS_FILE} (incomplete run)")
-        state = load_file(str(layers))
-        missing = [
-            k
-            for k in state
-            if k not in dict(model.named_parameters()) and k not in dict(model.named_buffers())
-        ]
-        if missing:
-            raise UserError(f"{layers}: weights do not fit base model {base_path} (e.g. {missing[0]})")
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for k, v in state.items():
-                if k in params:
-                    params[k].copy_(v.to(params[k].dtype))
-    model.eval()
-    if hasattr(model, "config"):
-        model.config.use_cache = True
-    return Run(model=model, tokenizer=tokenizer, config=cfg, path=folder, method=method)
+    return tokenizer

@@ -10,14 +10,15 @@ from adapt.errors import UserError
 
 
 def _prepared(tiny_model_dir, method):
-    from fa_adapt.training import prepare_model, resolve_config
+    from fa_adapt.config import resolve_config
+    from fa_adapt.training import prepare_model
 
     cfg = resolve_config(method=method, model=str(tiny_model_dir), quantization="none")
     return prepare_model(cfg)
 
 
 def test_lora_trains_adapters_and_chatml_rows_only(tiny_model_dir):
-    from fa_adapt.strategies import count_parameters
+    from fa_adapt.params import count_parameters
 
     model, tok, new_ids, _ = _prepared(tiny_model_dir, "lora")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -31,7 +32,7 @@ def test_lora_trains_adapters_and_chatml_rows_only(tiny_model_dir):
 
 
 def test_prompt_trains_only_the_soft_prompt(tiny_model_dir):
-    from fa_adapt.strategies import count_parameters
+    from fa_adapt.params import count_parameters
 
     model, *_ = _prepared(tiny_model_dir, "prompt")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -52,7 +53,7 @@ def test_count_parameters_uses_logical_size_of_4bit_weights():
     import bitsandbytes as bnb
     import torch
 
-    from fa_adapt.strategies import count_parameters
+    from fa_adapt.params import count_parameters
 
     layer = bnb.nn.Linear4bit(64, 32, bias=False, quant_type="nf4")
     layer = layer.to("cpu") if False else layer
@@ -120,18 +121,18 @@ def test_load_run_rejects_non_run(tmp_path):
 
 
 def test_default_run_is_one_epoch_and_flags_override_it():
-    from fa_adapt.training import resolve_config
+    from fa_adapt.config import resolve_config
 
     for method in ("lora", "prompt", "freeze"):
         cfg = resolve_config(method=method, output="x")
-        assert (cfg["epochs"], cfg["max_steps"]) == (1.0, None)
-    assert resolve_config(epochs=5, output="x")["epochs"] == 5
+        assert (cfg.epochs, cfg.max_steps) == (1.0, None)
+    assert resolve_config(epochs=5, output="x").epochs == 5
     cfg = resolve_config(max_steps=7, output="x")
-    assert (cfg["epochs"], cfg["max_steps"]) == (None, 7)  # training then stops after 7 steps
+    assert (cfg.epochs, cfg.max_steps) == (None, 7)  # training then stops after 7 steps
 
 
 def test_bad_flags():
-    from fa_adapt.training import resolve_config
+    from fa_adapt.config import resolve_config
 
     with pytest.raises(UserError, match="choose one of: freeze, lora, prompt"):
         resolve_config(method="adapterx")

@@ -66,14 +66,13 @@ def test_plain_model(tiny_model_dir) -> None:
 
 @pytest.mark.parametrize("method", ["lora", "prompt", "freeze"])
 def test_strategies(tiny_model_dir, method) -> None:
-    from fa_adapt import strategies
+    from fa_adapt.methods import get_method
 
     model = _tiny(tiny_model_dir)
     vocab = model.config.vocab_size
-    cfg = strategies.STRATEGIES[method]()
-    if method == "lora":
-        cfg.dropout = 0.0  # dropout masks would differ between the two forwards
-    model = strategies.APPLY[method](model, cfg, [vocab - 2, vocab - 1])
+    # without dropout: its masks would differ between the two forwards
+    chosen = get_method(method, {"lora_dropout": 0.0} if method == "lora" else None)
+    model = chosen.apply(model, [vocab - 2, vocab - 1])
     _check_same(model, _batch(vocab))
 
 

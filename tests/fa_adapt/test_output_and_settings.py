@@ -77,10 +77,10 @@ def test_yaml_values_of_the_wrong_type(tmp_path, yaml_value, message):
 
 
 def test_yaml_numbers_written_as_text_are_numbers():
-    from fa_adapt.training import resolve_config
+    from fa_adapt.config import resolve_config
 
     cfg = resolve_config(lr="1e-3", max_steps="4", output="x")  # YAML 1.1 reads 1e-3 as a string
-    assert cfg["lr"] == 1e-3 and cfg["max_steps"] == 4
+    assert cfg.lr == 1e-3 and cfg.max_steps == 4
     with pytest.raises(UserError, match="--max-steps must be a whole number, got 2.5"):
         resolve_config(max_steps=2.5, output="x")
 

@@ -8,16 +8,15 @@ import pytest
 def _model(tiny_model_dir, method):
     import torch
 
-    from fa_adapt import strategies
     from fa_adapt.chatml import add_chatml_tokens
     from fa_adapt.loading import load_model, load_tokenizer
+    from fa_adapt.methods import get_method
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), quantization="none")
     new_ids = add_chatml_tokens(tok, model)
     torch.manual_seed(1)
-    cfg = strategies.STRATEGIES[method]()
-    model = strategies.APPLY[method](model, cfg, new_ids)
+    model = get_method(method).apply(model, new_ids)
     with torch.no_grad():  # move the rows and LoRA B off their initial values so every path matters
         for p in model.parameters():
             if p.requires_grad:

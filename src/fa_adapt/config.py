@@ -1,0 +1,134 @@
+"""`FinetuneConfig`: every setting of an `adapt finetune` run, with its default and its help.
+
+The flags of `adapt finetune` are generated from these fields and from each method's own
+settings (`fa_adapt.methods`), and a YAML `--config` file, the API's keyword arguments and a run's
+`config.json` all go through `resolve_config`, so each default and each check is written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from adapt.errors import UserError
+from adapt.run_folder import default_run_folder
+from adapt.settings import flag_of, setting, settings_from
+from fa_adapt.methods import METHODS, Method, get_method
+
+# With neither --epochs nor --max-steps a run makes one pass over the data: on the packaged sample
+# that is what a default LoRA run needs to answer in Persian and stop (docs/fa_adapt.md), and it
+# takes minutes on a 2-core CPU. The source's epoch counts (5 lora, 10 prompt, 3 freeze) are a flag away.
+DEFAULT_EPOCHS = 1.0
+# keys a run's own config.json carries beside its settings (`strategy`: runs of version 0.1)
+RECORD_KEYS = ("chatml_token_ids", "strategy")
+
+
+def _quantizations() -> tuple[str, ...]:
+    from fa_adapt.loading import QUANTIZATIONS
+
+    return QUANTIZATIONS
+
+
+def _default_rates() -> str:
+    return ", ".join(f"{name} {cls.default_lr:g}" for name, cls in METHODS.items())
+
+
+@dataclass
+class FinetuneConfig:
+    """An `adapt finetune` run. `None` means "the default that depends on other settings"."""
+
+    method: str = setting("lora", "Fine-tuning method.", choices=lambda: list(METHODS))
+    model: str | None = setting(None, "Model id or folder.", default_text="embedded Gemma 3 270M")
+    data: str | None = setting(
+        None,
+        "Chat data: .jsonl/.json/.parquet/.csv or a hub dataset name.",
+        default_text="the packaged Persian sample",
+    )
+    output: str | None = setting(None, "Run folder to write.", default_text="runs/fa-METHOD-TIME")
+    epochs: float | None = setting(
+        None,
+        "Training epochs (the source used lora 5, prompt 10, freeze 3).",
+        check="positive",
+        default_text=f"{DEFAULT_EPOCHS:g}",
+    )
+    max_steps: int | None = setting(
+        None, "Stop after this many optimizer steps (overrides --epochs).", check="positive"
+    )
+    lr: float | None = setting(None, "Learning rate.", check="positive", default_text=_default_rates)
+    batch_size: int = setting(4, "Rows per device batch.", check="positive")
+    grad_accum: int = setting(1, "Gradient accumulation steps.", check="positive")
+    max_length: int = setting(
+        160, "Token limit per conversation (longer: truncated or skipped).", check="positive"
+    )
+    seed: int = setting(42, "Random seed.", check="non_negative")
+    quantization: str = setting("nf4", "nf4 (4-bit) or none.", choices=_quantizations)
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
+    max_train_rows: int | None = setting(None, "Use only the first N conversations.", check="positive")
+    logging_steps: int = setting(5, "Log the training loss every N steps.", check="positive")
+    eval_steps: int | None = setting(
+        None, "Evaluate every N steps.", check="positive", default_text="halfway and at the end"
+    )
+    save_steps: int | None = setting(
+        None, "Save a checkpoint every N steps.", check="positive", default_text="at each evaluation"
+    )
+    strict: bool = setting(False, "Stop on the first bad data row instead of skipping it.")
+    resume: bool = setting(
+        False,
+        "Continue the stopped run in --output from its newest checkpoint (its settings are kept; "
+        "flags given override them).",
+    )
+    overwrite: bool = setting(
+        False,
+        "Replace a previous fa_adapt run in --output (never other files; without it such a folder "
+        "is refused).",
+    )
+    method_settings: dict[str, Any] = setting(
+        default_factory=dict, help="The method's own settings, resolved.", cli=False
+    )
+
+    def build_method(self) -> Method:
+        """The registered method of this run, with its settings."""
+        return get_method(self.method, self.method_settings)
+
+    def saved(self) -> dict[str, Any]:
+        """The run's settings as its folder keeps them: flat, as flags are named, with the one-off
+        switches of this invocation (resume, overwrite) off."""
+        flat = dataclasses.asdict(self)
+        flat.update(flat.pop("method_settings"), resume=False, overwrite=False)
+        return flat
+
+
+_OWN = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"method_settings"}
+
+
+def _method_values(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The given settings that belong to `method` (checked); one of another method is refused."""
+    mine = {f.name for f in dataclasses.fields(METHODS[method].Settings)}
+    owners = {f.name: name for name, cls in METHODS.items() for f in dataclasses.fields(cls.Settings)}
+    for key, value in values.items():
+        if key in mine or value is None:
+            continue
+        if key in owners:
+            raise UserError(f"{flag_of(key)} applies to --method {owners[key]}, not {method}")
+    unknown = sorted(set(values) - set(owners) - set(RECORD_KEYS))
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+    return settings_from(METHODS[method].Settings, {k: v for k, v in values.items() if k in mine})
+
+
+def resolve_config(**settings: Any) -> FinetuneConfig:
+    """Flat settings (flags, YAML, API keywords or a run's config.json; `None` = not given) as a
+    checked `FinetuneConfig` with every default filled in; a one-line `UserError` otherwise."""
+    own = settings_from(FinetuneConfig, {k: v for k, v in settings.items() if k in _OWN})
+    method = own.get("method", FinetuneConfig.method)
+    chosen = _method_values(method, {k: v for k, v in settings.items() if k not in _OWN})
+    cls = METHODS[method]
+    cfg = FinetuneConfig(**own, method_settings=dataclasses.asdict(cls.Settings(**chosen)))
+    if cfg.lr is None:
+        cfg.lr = cls.default_lr
+    if cfg.epochs is None and cfg.max_steps is None:
+        cfg.epochs = DEFAULT_EPOCHS
+    if cfg.output is None:
+        cfg.output = default_run_folder(f"fa-{cfg.method}")
+    return cfg
