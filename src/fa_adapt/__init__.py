@@ -12,6 +12,9 @@ from adapt import __version__
 
 _LAZY = {
     "finetune": ("fa_adapt.training", "finetune"),
+    "FinetuneConfig": ("fa_adapt.config", "FinetuneConfig"),
+    "Method": ("fa_adapt.methods", "Method"),
+    "register_method": ("fa_adapt.methods", "register_method"),
     "load_run": ("fa_adapt.runs", "load_run"),
     "Run": ("fa_adapt.runs", "Run"),
     "load_model": ("fa_adapt.loading", "load_model"),
