@@ -13,9 +13,11 @@ import sys
 import typer
 
 from adapt import __version__
+from adapt.commands import OneLineErrors
 
 app = typer.Typer(
     name="adapt",
+    cls=OneLineErrors,
     help="Adapt models on modest hardware: Persian chat fine-tuning (fa_adapt) and image captioning (capkit).",
     no_args_is_help=True,
     add_completion=False,
