@@ -30,6 +30,27 @@ def _quantizations() -> tuple[str, ...]:
     return QUANTIZATIONS
 
 
+# Trainer's optimizers that run on a CPU; bitsandbytes' 8-bit and paged ones need a GPU
+CPU_OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop")
+GPU_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+REPORTERS = ("none", "tensorboard")
+
+
+def _optimizers() -> tuple[str, ...]:
+    import torch
+
+    return CPU_OPTIMIZERS + (GPU_OPTIMIZERS if torch.cuda.is_available() else ())
+
+
 def _default_rates() -> str:
     return ", ".join(f"{name} {cls.default_lr:g}" for name, cls in METHODS.items())
 
@@ -71,6 +92,26 @@ class FinetuneConfig:
     )
     save_steps: int | None = setting(
         None, "Save a checkpoint every N steps.", check="positive", default_text="at each evaluation"
+    )
+    optim: str = setting(
+        "adamw_torch_fused",
+        "Optimizer (Trainer's names; the 8-bit and paged ones where a GPU is present).",
+        choices=_optimizers,
+    )
+    lr_scheduler: str = setting("linear", "Learning-rate schedule.", choices=lambda: SCHEDULERS)
+    warmup_ratio: float | None = setting(
+        None, "Share of the steps spent warming up, in [0, 1).", default_text="10% of the steps, at most 10"
+    )
+    weight_decay: float = setting(0.0, "AdamW weight decay.", check="non_negative")
+    max_grad_norm: float = setting(1.0, "Clip gradients to this norm (0 = off).", check="non_negative")
+    neftune_noise_alpha: float | None = setting(
+        None, "NEFTune: noise on the input embeddings while training (5-15 is typical).", check="positive"
+    )
+    early_stopping_patience: int | None = setting(
+        None, "Stop after this many evaluations without a better validation loss.", check="positive"
+    )
+    report_to: str = setting(
+        "none", "Also log to: none or tensorboard (into RUN/tb).", choices=lambda: REPORTERS
     )
     strict: bool = setting(False, "Stop on the first bad data row instead of skipping it.")
     resume: bool = setting(
@@ -131,4 +172,11 @@ def resolve_config(**settings: Any) -> FinetuneConfig:
         cfg.epochs = DEFAULT_EPOCHS
     if cfg.output is None:
         cfg.output = default_run_folder(f"fa-{cfg.method}")
+    if cfg.warmup_ratio is not None and not 0 <= cfg.warmup_ratio < 1:
+        raise UserError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.eval_steps and cfg.save_steps and cfg.save_steps % cfg.eval_steps:
+        raise UserError(
+            f"--save-steps ({cfg.save_steps}) must be a multiple of --eval-steps ({cfg.eval_steps}): "
+            "the best evaluated weights are kept from a checkpoint"
+        )
     return cfg

@@ -44,12 +44,24 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             f"- trainable parameters: {m['trainable_params']:,} of {m['total_params']:,} ({m['trainable_percent']:.4f}%)",
             f"- validation loss: {m['initial_eval_loss'] if m['initial_eval_loss'] is None else round(m['initial_eval_loss'], 4)}"
             f" → {m['final_eval_loss']:.4f}",
+            _kept_line(m),
             f"- wall time: {m['wall_time_s']:.0f} s, {m['tokens_per_second']:.0f} tokens/s",
             _gradient_line(m.get("gradient_check")),
             "",
             "![loss](loss.png)",
             "",
         ]
+    )
+
+
+def _kept_line(m: dict[str, Any]) -> str:
+    """Which step's weights the run kept, and whether early stopping ended it."""
+    best = m.get("best_step", m["steps"])
+    line = (
+        f"- kept weights: step {best} of {m['steps']} (the best validation loss, {m['final_eval_loss']:.4f})"
+    )
+    return line + (
+        "; stopped early: the validation loss no longer improved" if m.get("stopped_early") else ""
     )
 
 
@@ -74,6 +86,7 @@ COMMON_ENTRIES = frozenset(
         "loss.png",
         "summary.md",
         "checkpoints",
+        "tb",
         "eval.json",
         "tokenizer.json",
         "tokenizer_config.json",
@@ -168,11 +181,9 @@ def write_run(
         for f in tmp.iterdir():  # each file renamed over the old one: never half-written
             os.replace(f, out / f.name)
     write_json(out / "metrics.json", metrics)
-    plot_curves(
-        out / "loss.png",
-        {"train": metrics["train_loss"], "validation": metrics["eval_loss"]},
-        title=f"fa_adapt {cfg['method']}: loss",
-    )
+    curves = {"train": metrics["train_loss"], "validation": metrics["eval_loss"]}
+    curves[f"kept (best, step {metrics['best_step']})"] = [(metrics["best_step"], metrics["final_eval_loss"])]
+    plot_curves(out / "loss.png", curves, title=f"fa_adapt {cfg['method']}: loss")
     write_text(out / "summary.md", _summary(cfg, metrics))
     write_json(out / "config.json", cfg)  # last: its presence with metrics marks a complete run
 

@@ -94,9 +94,18 @@ class ChatTrainer(LabeledLossMixin, Trainer):
         save_file(trainable, os.path.join(output_dir, TRAINABLE_FILE))
         return None
 
+    def _load_best_model(self) -> None:
+        """End on the best checkpoint's weights: the adapter as Trainer loads it, plus the trainable
+        tensors it does not know (the freeze layers), as a resume loads them."""
+        super()._load_best_model()
+        self._load_trainable(self.state.best_model_checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
+        self._load_trainable(resume_from_checkpoint, model)
+
+    def _load_trainable(self, checkpoint: str, model: Any = None) -> None:
+        path = os.path.join(checkpoint, TRAINABLE_FILE)
         if not os.path.isfile(path):
             return
         from safetensors.torch import load_file

@@ -73,13 +73,15 @@ def resume_hint(out: Path) -> str:
 
 
 def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh: bool) -> Any:
-    """Trainer's arguments for `cfg`: evaluate at step 0 (fresh runs), halfway and at the end."""
+    """Trainer's arguments for `cfg`: evaluate at step 0 (fresh runs), halfway and at the end; keep
+    the checkpoint with the best validation loss and end on its weights."""
     import torch
     from transformers import TrainingArguments
 
     # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
     # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
     eval_steps = cfg.eval_steps or max(1, math.ceil(total_steps / 2))
+    warmup = cfg.warmup_ratio if cfg.warmup_ratio is not None else min(10, max(0, total_steps // 10))
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -88,8 +90,12 @@ def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh:
         learning_rate=cfg.lr,
         num_train_epochs=float(cfg.epochs or 1),
         max_steps=cfg.max_steps or -1,
-        lr_scheduler_type="linear",
-        warmup_steps=min(10, max(0, total_steps // 10)),
+        optim=cfg.optim,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup,  # a float below 1 is a share of the steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
         logging_steps=cfg.logging_steps,
         # the step-0 evaluation runs inside train(), after accelerate has wrapped the model: a
         # trainer.evaluate() before train() marks the bare model as prepared, and under torchrun
@@ -99,11 +105,14 @@ def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh:
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps or eval_steps,
-        save_total_limit=2,
+        save_total_limit=2,  # the newest and the best (Trainer never deletes the best)
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         train_sampling_strategy="group_by_length",  # seeded per epoch: see fa_adapt.trainer
-        report_to="none",
+        report_to="none",  # TensorBoard is added by _build_trainer, writing into the run folder
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -197,7 +206,30 @@ def _build_trainer(
         callbacks=[parts.guard, parts.start, parts.progress, parts.interrupt, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints log dicts on stdout; RichProgress shows them
+    for extra in _optional_callbacks(cfg, out):
+        trainer.add_callback(extra)
     return trainer, parts
+
+
+def _optional_callbacks(cfg: FinetuneConfig, out: Path) -> list[Any]:
+    """Early stopping and the TensorBoard log (in `out/tb`), where asked for."""
+    extra: list[Any] = []
+    if cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.report_to == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError(
+                "--report-to tensorboard: install it with pip install 'adapt[tensorboard]'"
+            ) from None
+        from transformers.integrations import TensorBoardCallback
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            extra.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tb"))))
+    return extra
 
 
 def _run_trainer(trainer: Any, parts: _Parts, out: Path, resume_from: str | None) -> float:
@@ -215,6 +247,12 @@ def _run_trainer(trainer: Any, parts: _Parts, out: Path, resume_from: str | None
     return time.time() - started
 
 
+def _best_checkpoint(trainer: Any) -> int | None:
+    """The step of the checkpoint Trainer ended on (best validation loss), if one was kept."""
+    best = trainer.state.best_model_checkpoint
+    return int(Path(best).name.split("-")[-1]) if best else None
+
+
 def _finish(
     trainer: Any, parts: _Parts, cfg: FinetuneConfig, out: Path, base_eval: float | None, wall: float
 ) -> None:
@@ -223,10 +261,13 @@ def _finish(
 
     if parts.start.initial_eval_loss is not None:
         base_eval = parts.start.initial_eval_loss
-    # an evaluation costs as much as several training steps on a CPU: reuse the one Trainer just
-    # ran at the final step rather than repeating it
+    best = _best_checkpoint(trainer)
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
-    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+    if best is not None:  # Trainer ended on the best checkpoint's weights
+        final_eval = trainer.state.best_metric
+    elif last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        # an evaluation costs as much as several training steps on a CPU: reuse the one Trainer
+        # just ran at the final step rather than repeating it
         final_eval = last_eval["eval_loss"]
     else:
         final_eval = trainer.evaluate()["eval_loss"]
@@ -236,6 +277,8 @@ def _finish(
         "initial_eval_loss": base_eval,
         "final_eval_loss": final_eval,
         "gradient_check": parts.guard.report(),
+        "best_step": best if best is not None else trainer.state.global_step,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
     }
     metrics = run_metrics(trainer, cfg, parts.stats, evals, wall)
     saved = dict(cfg.saved(), chatml_token_ids=parts.new_ids)

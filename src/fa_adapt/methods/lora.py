@@ -21,6 +21,8 @@ class LoraSettings:
         default_factory=lambda: ["q_proj", "v_proj"],
         help="LoRA target modules, comma separated, or all-linear (--method lora).",
     )
+    use_dora: bool = setting(False, "DoRA: weight-decomposed LoRA (--method lora).")
+    use_rslora: bool = setting(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r (--method lora).")
 
 
 @register_method
@@ -45,7 +47,10 @@ class Lora(Method):
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
             lora_dropout=s.lora_dropout,
-            target_modules=list(s.target_modules),
+            # PEFT takes "all-linear" as the whole value, not as a module name in a list
+            target_modules="all-linear" if "all-linear" in s.target_modules else list(s.target_modules),
+            use_dora=s.use_dora,
+            use_rslora=s.use_rslora,
             trainable_token_indices=list(new_token_ids) or None,
         )
         return get_peft_model(model, config)

@@ -14,6 +14,11 @@ class PromptSettings:
     """The source's soft prompt: 20 virtual tokens."""
 
     num_virtual_tokens: int = setting(20, "Soft-prompt length in tokens (--method prompt).", check="positive")
+    prompt_init_text: str | None = setting(
+        None,
+        "Start the soft prompt from this text's embeddings, e.g. a Persian instruction (--method prompt).",
+        default_text="random",
+    )
 
 
 @register_method
@@ -32,9 +37,16 @@ class Prompt(Method):
     )
 
     def apply(self, model: Any, new_token_ids: list[int]) -> Any:
-        from peft import PromptTuningConfig, TaskType, get_peft_model
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
+        init: dict[str, Any] = {}
+        if self.settings.prompt_init_text:  # PEFT tokenizes it with the base model's tokenizer
+            init = dict(
+                prompt_tuning_init=PromptTuningInit.TEXT,
+                prompt_tuning_init_text=self.settings.prompt_init_text,
+                tokenizer_name_or_path=model.config._name_or_path,
+            )
         config = PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.settings.num_virtual_tokens
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.settings.num_virtual_tokens, **init
         )
         return get_peft_model(model, config)
