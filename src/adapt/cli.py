@@ -64,13 +64,9 @@ _register_all()
 
 def main() -> None:
     """Entry point of the `adapt` console script."""
-    import warnings
+    from adapt.quiet import quiet_libraries
 
-    # peft 0.21 reads a property transformers 5 deprecated, once per adapter model built: a
-    # warning about the two libraries, not about anything the user did or can change
-    warnings.filterwarnings(
-        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    quiet_libraries()
     sys.exit(app())
 
 

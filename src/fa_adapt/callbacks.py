@@ -22,7 +22,7 @@ class RichProgress(TrainerCallback):
     def __init__(self) -> None:
         self.progress: Any = None
         self.task: Any = None
-        self.losses = ""
+        self.losses = self.train_loss = self.val_loss = ""
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         if not state.is_world_process_zero:
@@ -45,9 +45,10 @@ class RichProgress(TrainerCallback):
         if self.progress is None or not logs:
             return
         if "loss" in logs:
-            self.losses = f"loss {logs['loss']:.3f}"
+            self.train_loss = f"loss {logs['loss']:.3f}"
         if "eval_loss" in logs:
-            self.losses += f"  val {logs['eval_loss']:.3f}"
+            self.val_loss = f"val {logs['eval_loss']:.3f}"
+        self.losses = "  ".join(part for part in (self.train_loss, self.val_loss) if part)
         self.progress.update(self.task, losses=self.losses)
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
