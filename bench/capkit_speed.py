@@ -90,7 +90,8 @@ def training(b: Bench, batch_size: int, steps: int) -> list[dict]:
     """Captions/s of one training step: cached features against the encoder run every step."""
     import torch
 
-    from capkit.training import DEFAULT_LR, encode_captions, pad_batch
+    from capkit.examples import encode_captions, pad_batch
+    from capkit.train_config import DEFAULT_LR
 
     n = min(batch_size, len(b.paths))
     ids, _ = encode_captions(b.vocab, b.captions[:n], MAX_LEN)
@@ -136,13 +137,13 @@ def latency(b: Bench, repeat: int) -> list[dict]:
     """Seconds per caption of one photo with the shipped default: warm and with load included."""
     import torch
 
-    from capkit.captioning import generate, image_tensor, load_model, preferred_decoding
+    from capkit.captioning import image_tensor, load_model, preferred_decoding
 
     def caption(model: Any, decoding: Any) -> str:
         with torch.inference_mode():
             pixels = image_tensor(model.encoder, b.paths[0]).unsqueeze(0).to(b.device)
             pooled, grid = model.encoder(pixels)
-            return generate(model, pooled, grid, decoding)[0]
+            return model.caption_features(pooled, grid, decoding)[0]
 
     def load() -> Any:
         model = load_model(None)

@@ -169,9 +169,7 @@ def build(
     from fa_adapt.methods import get_method
 
     setup, method = config.split("-", 1)
-    cfg = resolve_config(
-        method=method, model=model_name, output="/tmp/bench-unused", batch_size=batch_size
-    )
+    cfg = resolve_config(method=method, model=model_name, output="/tmp/bench-unused", batch_size=batch_size)
     if setup == "trl":
         from peft import LoraConfig as PeftLoraConfig
 

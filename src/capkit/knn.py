@@ -15,11 +15,15 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from adapt.errors import UserError
 from capkit.vocab import clean_caption
+
+if TYPE_CHECKING:
+    from capkit.captioning import Decoding
 
 
 def _ngrams(words: list[str], n: int) -> Counter:
@@ -68,6 +72,7 @@ class KnnCaptioner:
     captions: list[list[str]]  # cleaned captions of each training image
     k: int = 10
     name: str = "knn"
+    uses_decoding: ClassVar[bool] = False  # retrieval: every decoding gives the same captions
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.captions) or not len(self.captions):
@@ -113,6 +118,10 @@ class KnnCaptioner:
     def caption(self, pooled: torch.Tensor) -> list[str]:
         """One caption per image: the nearest image's caption that best agrees with the neighbourhood."""
         return [self._consensus(row) for row in self.neighbours(pooled).tolist()]
+
+    def caption_features(self, pooled: torch.Tensor, grid: torch.Tensor, decoding: Decoding) -> list[str]:
+        """`caption(pooled)`, as `capkit.captioning.CaptionModel`: the grid and decoding play no part."""
+        return self.caption(pooled)
 
     def _consensus(self, neighbours: list[int]) -> str:
         nearest = neighbours[0]

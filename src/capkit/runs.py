@@ -6,62 +6,43 @@ A run folder holds `decoder.safetensors` (best weights), `word_to_id.json`, `con
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from adapt.errors import UserError
 from adapt.runio import atomic_path, plot_curves, read_json, write_json, write_text
 from capkit.vocab import Vocab
 
+if TYPE_CHECKING:
+    import torch
+
+    from capkit.captioning import Decoding
+    from capkit.checkpoints import TrainState
+    from capkit.train_config import TrainConfig
+
 WEIGHTS, VOCAB, CONFIG, METRICS = "decoder.safetensors", "word_to_id.json", "config.json", "metrics.json"
+CHECKPOINT = "checkpoint.pt"  # while training: what `--resume` continues from (`capkit.checkpoints`)
 # what a capkit run writes into its folder: `caption-train --overwrite` deletes these and nothing else
 RUN_ENTRIES = frozenset(
-    {WEIGHTS, VOCAB, CONFIG, METRICS, "loss.png", "samples.png", "summary.md", "checkpoint.pt"}
+    {WEIGHTS, VOCAB, CONFIG, METRICS, "loss.png", "samples.png", "summary.md", "README.md", CHECKPOINT}
 )
 
 
 def is_run_folder(folder: Path) -> bool:
     """True when `folder` holds a capkit run, finished (weights) or stopped (checkpoint)."""
-    return (folder / WEIGHTS).is_file() or (folder / "checkpoint.pt").is_file()
-
-
-def console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-@contextlib.contextmanager
-def progress(enabled: bool, description: str, total: int) -> Iterator:
-    """A Rich progress bar on stderr when `enabled`; yields `advance(n)`."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def default_output(decoder: str) -> str:
-    return str(Path("runs") / f"caption-{decoder}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return (folder / WEIGHTS).is_file() or (folder / CHECKPOINT).is_file()
 
 
 def save_run(
-    out: Path, cfg, vocab: Vocab, decoder, state: dict, data_counts: dict, samples: list[dict]
+    out: Path,
+    cfg: TrainConfig,
+    vocab: Vocab,
+    decoder: Any,
+    state: TrainState,
+    data_counts: dict[str, Any],
+    samples: list[dict[str, Any]],
 ) -> None:
     """Write the final run folder (main process only), every file atomically.
 
@@ -81,13 +62,13 @@ def save_run(
             metadata={"decoder": cfg.decoder},
         )
     vocab.save(out / VOCAB)
-    history = state["history"]
+    history = state.history
     metrics = {
-        "best_epoch": state["best_epoch"],
-        "best_val_loss": round(state["best_val"], 5),
-        "initial_val_loss": state.get("initial_val_loss"),
-        "epochs_run": state["epoch"],
-        "stopped_early": state["epoch"] < cfg.epochs,
+        "best_epoch": state.best_epoch,
+        "best_val_loss": round(state.best_val, 5),
+        "initial_val_loss": state.initial_val_loss,
+        "epochs_run": state.epoch,
+        "stopped_early": state.epoch < cfg.epochs,
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "history": history,
         "data": data_counts,
@@ -104,21 +85,33 @@ def save_run(
         xlabel="epoch",
     )
     samples_figure(out / "samples.png", samples, f"{cfg.decoder} decoder on validation images (greedy)")
+    write_text(out / "summary.md", _summary(out, cfg, metrics))
+    from capkit.model_card import write_run_card
+
+    write_run_card(out, cfg, metrics)
+    write_json(out / CONFIG, asdict(cfg))  # last: its presence marks a complete run
+
+
+def _summary(out: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> str:
+    """`summary.md`: the run in a few lines and its sample captions as a table."""
+    data = metrics["data"]
     lines = [
         f"# Caption run: {cfg.decoder} decoder on {cfg.encoder} features",
         "",
-        f"- data: `{cfg.data}` ({data_counts['train_examples']} training / {data_counts['val_examples']} validation captions, {data_counts['vocab_size']} words)",
+        f"- data: `{cfg.data}` ({data['train_examples']} training / {data['val_examples']} validation captions, {data['vocab_size']} words)",
         f"- best validation loss {metrics['best_val_loss']} at epoch {metrics['best_epoch']} of {metrics['epochs_run']} (untrained: {metrics['initial_val_loss']})",
-        f"- training time {metrics['train_seconds']} s; skipped: {data_counts['skipped'] or 'nothing'}, unreadable images {data_counts['corrupt_images']}",
+        f"- training time {metrics['train_seconds']} s; skipped: {data['skipped'] or 'nothing'}, unreadable images {data['corrupt_images']}",
         "",
         "| image | generated | a reference |",
         "|---|---|---|",
-        *[f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |" for s in samples],
+        *[
+            f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |"
+            for s in metrics["samples"]
+        ],
         "",
         f"Load it with `capkit.load_captioner({str(out)!r})`.",
     ]
-    write_text(out / "summary.md", "\n".join(lines) + "\n")
-    write_json(out / CONFIG, asdict(cfg))  # last: its presence marks a complete run
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -131,6 +124,7 @@ class Captioner:
     config: dict
     path: Path
     _encoder: Any = field(default=None, repr=False)
+    uses_decoding: ClassVar[bool] = True  # the decoding chosen matters (`capkit.captioning.CaptionModel`)
 
     @property
     def encoder(self):
@@ -147,6 +141,23 @@ class Captioner:
     def max_length(self) -> int:
         return int(self.config.get("max_length", 25))
 
+    def caption_features(self, pooled: torch.Tensor, grid: torch.Tensor, decoding: Decoding) -> list[str]:
+        """Captions of encoded images, decoded as `decoding` says (its `max_len`, else the model's)."""
+        from capkit.decoding import decode
+
+        ids = decode(
+            self.decoder,
+            pooled,
+            grid,
+            self.vocab,
+            strategy=decoding.strategy,
+            max_len=decoding.max_len or self.max_length,
+            beam_size=decoding.beam_size,
+            no_repeat_ngram=decoding.no_repeat_ngram,
+            length_penalty=decoding.length_penalty,
+        )
+        return [self.vocab.decode(row) for row in ids]
+
 
 def load_captioner(path: str | os.PathLike[str]) -> Captioner:
     """Load a run folder written by `adapt caption-train` (best weights)."""
@@ -156,7 +167,7 @@ def load_captioner(path: str | os.PathLike[str]) -> Captioner:
 
     folder = Path(path)
     missing = [f for f in (WEIGHTS, VOCAB, CONFIG) if not (folder / f).is_file()]
-    if folder.is_dir() and missing and (folder / "checkpoint.pt").is_file():
+    if folder.is_dir() and missing and (folder / CHECKPOINT).is_file():
         raise UserError(
             f"{folder}: a caption-train run that has not finished; continue it with the same "
             f"`adapt caption-train` command plus --output {folder} --resume"

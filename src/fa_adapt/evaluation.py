@@ -223,6 +223,13 @@ def run_evaluation(
         report["change"] = changes(report["run"], report["base"])
     report["answers"] = answers
     write_json(output, report)
+    folder = Path(output).parent
+    from fa_adapt.runs import is_run_folder
+
+    if is_run_folder(folder) and (folder / "metrics.json").is_file():
+        from fa_adapt.model_card import write_run_card
+
+        write_run_card(folder)  # the run's card now shows the held-out metrics
     return report
 
 

@@ -88,5 +88,8 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
                 "base_model": cfg.get("model") or "Gemma 3 270M (embedded default)",
             },
         )
+        from fa_adapt.model_card import write_export_card
+
+        write_export_card(staged, Path(run_path), cfg, dtype)
         swap_in(staged, out)
     return out

@@ -85,6 +85,7 @@ COMMON_ENTRIES = frozenset(
         "metrics.json",
         "loss.png",
         "summary.md",
+        "README.md",
         "checkpoints",
         "tb",
         "eval.json",
@@ -185,6 +186,9 @@ def write_run(
     curves[f"kept (best, step {metrics['best_step']})"] = [(metrics["best_step"], metrics["final_eval_loss"])]
     plot_curves(out / "loss.png", curves, title=f"fa_adapt {cfg['method']}: loss")
     write_text(out / "summary.md", _summary(cfg, metrics))
+    from fa_adapt.model_card import write_run_card
+
+    write_run_card(out, cfg, metrics)
     write_json(out / "config.json", cfg)  # last: its presence with metrics marks a complete run
 
 

@@ -14,16 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from capkit import runs
+from adapt import console
 
 EPOCH, MARKER = int(sys.argv[1]), Path(sys.argv[2])
 WAIT_S = 300.0  # then training simply goes on, and the test fails on the exit code
-_real_progress = runs.progress
+_real_progress = console.progress
 
 
 @contextlib.contextmanager
-def _gated_progress(enabled: bool, description: str, total: int):
-    with _real_progress(enabled, description, total) as advance:
+def _gated_progress(description: str, total: int, enabled: bool = True, transient: bool = True):
+    with _real_progress(description, total, enabled, transient) as advance:
         if not description.startswith(f"epoch {EPOCH}/"):
             yield advance
             return
@@ -42,7 +42,7 @@ def _gated_progress(enabled: bool, description: str, total: int):
         yield advance_then_hold
 
 
-runs.progress = _gated_progress
+console.progress = _gated_progress
 
 if __name__ == "__main__":
     from adapt.cli import app

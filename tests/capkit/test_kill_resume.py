@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adapt.stopping import Stopped
 from capkit.training import TrainConfig, train
 
 GATE = Path(__file__).with_name("signal_gate.py")
@@ -72,7 +73,7 @@ def _stop_and_check(run: Run, sig: signal.Signals, out: Path, kept_epoch: int) -
     assert (out / "checkpoint.pt").is_file()  # the previous epoch's checkpoint, before the signal
     run.proc.send_signal(sig)
     code, stdout, stderr = run.finish()
-    assert code == 130, stderr
+    assert code == 128 + sig, stderr
     assert "Traceback" not in stdout + stderr
     assert f"stopped; the checkpoint after epoch {kept_epoch} is kept in {out / 'checkpoint.pt'}" in stderr
     checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -142,26 +143,33 @@ def test_sigint_then_sigterm_stop_cleanly_and_resume_to_the_uninterrupted_state(
 
 
 def test_interrupt_before_the_first_checkpoint_says_nothing_is_kept(
-    tiny_data, tmp_path, monkeypatch, capsys, one_thread
+    tiny_data, tmp_path, monkeypatch, one_thread
 ):
     import contextlib
 
-    from capkit import runs
+    from adapt import console
+
+    real_progress = console.progress
 
     @contextlib.contextmanager
-    def interrupted_progress(enabled, description, total):
+    def interrupted_progress(description, total, enabled=True, transient=True):
+        if not description.startswith("epoch "):  # encoding the images goes on as usual
+            with real_progress(description, total, enabled, transient) as advance:
+                yield advance
+            return
+
         def advance(n):
             raise KeyboardInterrupt  # Ctrl-C during the first epoch's first step
 
         yield advance
 
-    monkeypatch.setattr(runs, "progress", interrupted_progress)
+    monkeypatch.setattr(console, "progress", interrupted_progress)
     out = tmp_path / "run"
     cfg = TrainConfig(
         data=str(tiny_data), decoder="lstm", epochs=2, batch_size=8, min_count=1, output=str(out),
         cache_dir=str(tmp_path / "cache"), decoder_config={"embed_dim": 8, "hidden_dim": 8},
     )  # fmt: skip
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped) as stopped:
         train(cfg)
-    assert f"stopped before the first epoch ended; nothing to resume in {out}" in capsys.readouterr().err
+    assert f"stopped before the first epoch ended; nothing to resume in {out}" in str(stopped.value)
     assert list(out.iterdir()) == []  # an empty folder: the same command can simply run again

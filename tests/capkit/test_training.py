@@ -132,6 +132,7 @@ def test_torchrun_two_processes_write_one_run_folder(tiny_data, tmp_path):
             "config.json",
             "decoder.safetensors",
             "loss.png",
+            "README.md",
             "metrics.json",
             "samples.png",
             "summary.md",

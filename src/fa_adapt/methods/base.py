@@ -40,6 +40,8 @@ class Method:
     # the token-row adapter's cheaper forward (fa_adapt.token_rows); off where PEFT wraps the
     # embedding itself (prompt tuning)
     row_only_forward: ClassVar[bool] = True
+    # the library that loads the run folder's trained parts, for its model card (`library_name`)
+    library_name: ClassVar[str] = "peft"
     # why `adapt export` cannot merge this method's runs into a plain model; None when it can
     export_refusal: ClassVar[str | None] = None
 

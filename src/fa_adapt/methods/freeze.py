@@ -31,6 +31,9 @@ class Freeze(Method):
     name = "freeze"
     default_lr = 5e-5
     run_files = (ADAPTER, LAYERS_FILE)
+    library_name = (
+        "fa_adapt"  # the layers are no PEFT adapter: fa_adapt.load_run (or adapt export) loads them
+    )
 
     def keep_unquantized(self, model_config: Any) -> list[str] | None:
         return decoder_layer_names(model_config)

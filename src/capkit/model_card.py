@@ -1,0 +1,73 @@
+"""The model card of a capkit run folder, from the run's own settings and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adapt.model_card import hub_dataset, table, write_card
+
+
+def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
+    """README.md of a caption-train run: decoder, encoder, data, losses, sample captions, use, limits."""
+    data = metrics["data"]
+    rows = [
+        ("decoder / encoder", f"{cfg.decoder} on frozen {cfg.encoder} features"),
+        (
+            "data",
+            f"`{cfg.data}`: {data['train_examples']} training / {data['val_examples']} validation captions",
+        ),
+        ("vocabulary", f"{data['vocab_size']} words (seen at least {cfg.min_count} times)"),
+        (
+            "validation loss",
+            f"{metrics['initial_val_loss']} untrained → {metrics['best_val_loss']} (epoch {metrics['best_epoch']}, kept)",
+        ),
+        (
+            "epochs",
+            f"{metrics['epochs_run']} of {cfg.epochs}"
+            + (" (stopped early)" if metrics["stopped_early"] else ""),
+        ),
+    ]
+    samples = "\n".join(
+        f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |" for s in metrics["samples"]
+    )
+    body = f"""# {out.name}: {cfg.decoder} caption decoder
+
+Trained with `adapt caption-train` (capkit): the image encoder stays frozen, the decoder learns
+from cached features.
+
+## Results
+
+{table(rows)}
+
+![loss](loss.png)
+
+| image | generated (greedy) | a reference |
+|---|---|---|
+{samples}
+
+## Use
+
+```python
+from capkit.captioning import caption_images, load_model
+model = load_model("{out.name}")
+print(caption_images(model, ["photo.jpg"])[0].caption)
+```
+
+or `adapt caption photo.jpg --model {out.name}`; `adapt caption-eval {out.name} DATASET` scores it.
+
+## Intended use and limits
+
+English captions of everyday photos like those it was trained on (Flickr-style scenes of people and
+animals). Trained on a small dataset: expect generic or wrong captions for other images, and the
+biases of its training captions. Not for describing people's identity or for accessibility use
+without review.
+"""
+    metadata = {
+        "library_name": "capkit",
+        "language": ["en"],
+        "pipeline_tag": "image-to-text",
+        "tags": ["capkit", "image-captioning", cfg.decoder, cfg.encoder],
+        "datasets": [d] if (d := hub_dataset(cfg.data)) else None,
+    }
+    return write_card(out, metadata, body)

@@ -1,0 +1,98 @@
+"""`TrainConfig`: every setting of a caption-train run, with its default, its check and its help.
+
+The flags of `adapt caption-train` are generated from these fields (`adapt.settings`), and a YAML
+`--config` file, the API and the `--resume` hint all go through them, so each default and each
+check is written once. Kept free of torch: `adapt --help` builds the command from this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapt.settings import check_field, cli_fields, flag_of, given, read_yaml_settings, setting, settings_from
+from adapt.stopping import resume_hint
+
+# Measured on the 762-image sample: higher rates make the transformer diverge early.
+DEFAULT_LR = {"lstm": 2e-3, "attention": 1e-3, "transformer": 5e-4}
+DATA_HELP = "Dataset folder: Flickr8k (Kaggle or original layout) or images + captions.csv."
+
+
+def _decoder_names() -> list[str]:
+    from capkit.decoders import DECODERS  # imports torch: only when help is shown or a value checked
+
+    return list(DECODERS)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (written to config.json). Field order is the order
+    of the flags in `--help` and in the `--resume` hint."""
+
+    data: str = setting(help=DATA_HELP, cli=False)  # the command's PATH argument
+    decoder: str = setting("attention", "Decoder.", choices=_decoder_names)
+    encoder: str = setting(
+        "efficientnet_lite0",
+        "Image encoder: efficientnet_lite0, efficientnet_b0, any torchvision model, or NAME=weights.pth.",
+    )
+    epochs: int = setting(12, "Maximum epochs (early stopping may end sooner).", check="positive")
+    batch_size: int = setting(64, "Captions per batch (per process).", check="positive")
+    lr: float | None = setting(
+        None,
+        "Learning rate.",
+        check="positive",
+        default_text="by decoder: " + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()),
+    )
+    seed: int = setting(0, "Random seed (split, initialisation, batch order).")
+    patience: int = setting(
+        3, "Stop after this many epochs without a better validation loss.", check="positive"
+    )
+    min_count: int = setting(3, "Keep words seen at least this often in training captions.", check="positive")
+    max_length: int = setting(
+        25, "Longest caption in words; longer ones are truncated (counted in metrics).", check="positive"
+    )
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", check="non_negative")
+    grad_clip: float = setting(5.0, "Clip the gradient norm to this.", check="positive")
+    output: str | None = setting(None, "Run folder.", default_text="runs/caption-DECODER-TIME")
+    cache_dir: str | None = setting(
+        None, "Feature cache folder.", default_text="$CAPKIT_CACHE, else ~/.cache/capkit"
+    )
+    decoder_config: dict[str, Any] = setting(
+        default_factory=dict, help="The decoder's constructor settings (sizes, dropout).", cli=False
+    )
+
+    def validate(self) -> None:
+        """Check every field (a one-line `UserError` naming its flag); no `lr` means the decoder's default."""
+        for f in dataclasses.fields(self):
+            check_field(f, getattr(self, f.name))
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.decoder]
+
+
+def train_config_from(
+    data: str | os.PathLike[str],
+    flags: Mapping[str, Any],
+    config_file: str | os.PathLike[str] | None = None,
+) -> TrainConfig:
+    """The settings of `adapt caption-train PATH`: a YAML `--config` file's, the flags given (not
+    None) over them, PATH as `data`; checked and typed, one-line `UserError`s naming the flag."""
+    values = {**(read_yaml_settings(config_file) if config_file else {}), **given(flags), "data": str(data)}
+    return TrainConfig(**settings_from(TrainConfig, values))
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The `adapt caption-train ... --resume` line that continues this run with its own settings.
+
+    Every flag that differs from its default is repeated: resume refuses a different decoder,
+    encoder, vocabulary or seed, and a different batch size or learning rate would change the result.
+    """
+    defaults = TrainConfig(data=cfg.data, decoder=cfg.decoder, lr=DEFAULT_LR.get(cfg.decoder))
+    args = ["adapt", "caption-train", cfg.data, "--decoder", cfg.decoder]
+    for f in cli_fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name not in ("decoder", "output") and value != getattr(defaults, f.name):
+            args += [flag_of(f.name), str(value)]
+    return resume_hint([*args, "--output", str(cfg.output), "--resume"])
