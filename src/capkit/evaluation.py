@@ -173,12 +173,17 @@ def compare_and_report(
         for name in dict.fromkeys(strategies or ["greedy"])
     ]
     results = compare(models, dataset, split=split, decodings=decodings, out=out, limit=limit, meteor=meteor)
+    settings = {
+        "command": "caption-eval", "models": list(models), "dataset": str(dataset), "split": split,
+        "decodings": [d.to_dict() for d in decodings], "limit": limit, "meteor": meteor,
+    }  # fmt: skip
+    write_json(Path(out) / "config.json", settings)
     stdout = Console()
     # Piped output defaults to 80 columns, too narrow for ten columns of scores.
     (stdout if stdout.is_terminal else Console(width=140)).print(results_table(results))
     for note in sorted({n for r in results for n in r["notes"]}):
         console.say(f"note: {note}")
-    console.say(f"written: {out}/comparison.json, {out}/summary.md")
+    console.say(f"written: {out}/comparison.json, {out}/summary.md, {out}/config.json")
     return results
 
 

@@ -159,4 +159,9 @@ def compare(
     table = answer_table(
         loaders, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
     )
-    return table, write_comparison(output, prompts, table, run_dirs)
+    written = write_comparison(output, prompts, table, run_dirs)
+    settings = {
+        "command": "compare", "runs": [str(r) for r in run_dirs], "with_base": with_base,
+        "prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+    }  # fmt: skip
+    return table, [*written, write_json(Path(output) / "config.json", settings)]

@@ -222,6 +222,10 @@ def run_evaluation(
     if "base" in report:
         report["change"] = changes(report["run"], report["base"])
     report["answers"] = answers
+    report["settings"] = {
+        "command": "evaluate", "run": run, "data": str(data), "prompts": list(prompts or []),
+        "with_base": with_base, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+    }  # fmt: skip
     write_json(output, report)
     folder = Path(output).parent
     from fa_adapt.runs import is_run_folder

@@ -77,6 +77,9 @@ def test_caption_eval_compares_runs_decodings_and_knn(tmp_path, monkeypatch):
     assert {p["caption"] for p in knn["predictions"]} <= {c.lower().rstrip(" .") for c in CAPTIONS}
     assert "knn" in result.output and "beam-3" in result.output
     assert "| att | greedy |" in (out / "summary.md").read_text()
+    config = json.loads((out / "config.json").read_text())  # the settings it ran with, beside the results
+    assert config["models"] == [str(run), "knn"] and config["dataset"] == str(data) and not config["meteor"]
+    assert [d["strategy"] for d in config["decodings"]] == ["greedy", "beam"]
 
 
 def test_caption_eval_user_errors(tmp_path):

@@ -42,6 +42,14 @@ def test_train_writes_a_run_folder_that_loads_back(tiny_data, tmp_path):
     assert captioner.encoder_name == "efficientnet_lite0" and not captioner.decoder.training
     assert len(captioner.vocab) == metrics["data"]["vocab_size"]
     assert captioner.encoder.feature_dim == 1280
+    # its model card, from the run's own files, with front matter the Hugging Face hub reads
+    import yaml
+
+    front, body = (out / "README.md").read_text().removeprefix("---\n").split("\n---\n", 1)
+    meta = yaml.safe_load(front)
+    assert meta["pipeline_tag"] == "image-to-text" and "lstm" in meta["tags"] and meta["language"] == ["en"]
+    assert f"→ {metrics['best_val_loss']} (epoch {metrics['best_epoch']}, kept)" in body
+    assert metrics["samples"][0]["generated"] in body and "Intended use and limits" in body
 
 
 def test_resume_reaches_the_same_final_state(tiny_data, tmp_path):

@@ -36,6 +36,16 @@ def test_run_evaluate_and_export_write_cards_from_their_files(tiny_model_dir, ch
     )
     _, body = _card(out)
     assert f"held-out loss | {report['run']['loss']:.4g}" in body  # evaluate refreshed the card
+    saved = json.loads((out / "eval.json").read_text())["settings"]  # the settings it ran with
+    assert saved["data"] == str(chat_jsonl) and saved["batch_size"] == 8 and saved["with_base"] is False
+
+    from fa_adapt.compare import compare
+
+    compare([out], ["سلام"], tmp_path / "cmp", with_base=False, max_new_tokens=3)
+    settings = json.loads((tmp_path / "cmp" / "config.json").read_text())
+    assert (
+        settings["runs"] == [str(out)] and settings["max_new_tokens"] == 3 and settings["prompts"] == ["سلام"]
+    )
 
     merged = export_run(out, tmp_path / "merged", dtype="float32")
     meta, body = _card(merged)
