@@ -49,6 +49,25 @@ def test_a_rising_validation_loss_keeps_the_best_step_and_stops_early(tiny_model
     assert loss == pytest.approx(m["final_eval_loss"], rel=0.02)
 
 
+def test_a_resumed_run_keeps_the_best_step_so_far(tiny_model_dir, chat_jsonl, tmp_path):
+    from fa_adapt import finetune
+
+    out = _run(
+        tiny_model_dir, chat_jsonl, tmp_path / "es", lr=0.3, max_steps=40, eval_steps=2,
+        early_stopping_patience=2, lora_dropout=0.0,
+    )  # fmt: skip
+    first = json.loads((out / "metrics.json").read_text())
+    # continue two steps past the early stop: the best step of before the resume is still known
+    finetune(output=str(out), resume=True, max_steps=first["steps"] + 2)
+    second = json.loads((out / "metrics.json").read_text())
+    evals = {step: loss for step, loss in second["eval_loss"] if step > 0}
+    assert second["steps"] == first["steps"] + 2 and first["steps"] + 2 in evals
+    assert second["best_step"] == min(evals, key=evals.get)
+    if evals[first["steps"] + 2] >= evals[first["best_step"]]:
+        assert second["best_step"] == first["best_step"]  # kept across the resume
+        assert second["final_eval_loss"] == pytest.approx(first["final_eval_loss"])
+
+
 def test_lora_optimizer_and_tensorboard_settings_reach_peft_trainer_and_the_run(
     tiny_model_dir, chat_jsonl, tmp_path
 ):
