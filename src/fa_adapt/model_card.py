@@ -60,8 +60,8 @@ def write_run_card(folder: Path, cfg: dict[str, Any] | None = None, m: dict[str,
     settings = [(k, f"`{v}`") for k, v in cfg.items() if k not in ("chatml_token_ids", "resume", "overwrite")]
     body = f"""# {folder.name}: {cfg["method"]} fine-tuning of {cfg.get("model") or EMBEDDED} for Persian chat
 
-Trained with `adapt finetune` (fa_adapt) ({cfg["method"]}, ChatML turns,
-loss on assistant tokens only), {cfg.get("quantization", "nf4")} base weights.
+Trained with `adapt finetune --method {cfg["method"]}` (fa_adapt) on {cfg.get("quantization", "nf4")}
+base weights: ChatML turns, loss on the assistant's tokens only.
 
 {_results(folder, m)}
 
