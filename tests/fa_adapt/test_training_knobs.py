@@ -8,6 +8,10 @@ import json
 import pytest
 
 
+# a learning rate far too high for LoRA: the validation loss falls, then climbs
+RISING = dict(lr=0.3, max_steps=40, eval_steps=2, early_stopping_patience=2, lora_dropout=0.0)
+
+
 def _run(tiny_model_dir, chat_jsonl, out, **settings):
     from fa_adapt import finetune
 
@@ -23,11 +27,7 @@ def test_a_rising_validation_loss_keeps_the_best_step_and_stops_early(tiny_model
 
     from fa_adapt import load_run
 
-    # a learning rate far too high for LoRA: the validation loss falls, then climbs
-    out = _run(
-        tiny_model_dir, chat_jsonl, tmp_path / "es", lr=0.3, max_steps=40, eval_steps=2,
-        early_stopping_patience=2, lora_dropout=0.0,
-    )  # fmt: skip
+    out = _run(tiny_model_dir, chat_jsonl, tmp_path / "es", **RISING)
     m = json.loads((out / "metrics.json").read_text())
     evals = dict((step, loss) for step, loss in m["eval_loss"] if step > 0)
     best_step = min(evals, key=evals.get)
@@ -52,10 +52,7 @@ def test_a_rising_validation_loss_keeps_the_best_step_and_stops_early(tiny_model
 def test_a_resumed_run_keeps_the_best_step_so_far(tiny_model_dir, chat_jsonl, tmp_path):
     from fa_adapt import finetune
 
-    out = _run(
-        tiny_model_dir, chat_jsonl, tmp_path / "es", lr=0.3, max_steps=40, eval_steps=2,
-        early_stopping_patience=2, lora_dropout=0.0,
-    )  # fmt: skip
+    out = _run(tiny_model_dir, chat_jsonl, tmp_path / "es", **RISING)
     first = json.loads((out / "metrics.json").read_text())
     # continue two steps past the early stop: the best step of before the resume is still known
     finetune(output=str(out), resume=True, max_steps=first["steps"] + 2)
