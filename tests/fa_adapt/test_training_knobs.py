@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-
 # a learning rate far too high for LoRA: the validation loss falls, then climbs
 RISING = dict(lr=0.3, max_steps=40, eval_steps=2, early_stopping_patience=2, lora_dropout=0.0)
 
