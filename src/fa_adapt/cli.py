@@ -23,13 +23,21 @@ def _param(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def finetune_command(config: Path | None = None, **flags: Any) -> None:
-    """Fine-tune and write a run folder; prints its path on stdout."""
+def finetune_command(
+    config: Path | None = None, dry_run: bool = False, json_out: bool = False, **flags: Any
+) -> None:
+    """Fine-tune and write a run folder; prints its path on stdout (or, with --dry-run, the table)."""
     from adapt.settings import read_yaml_settings
-    from fa_adapt.training import finetune
 
     settings = read_yaml_settings(config) if config else {}
     settings.update(given(flags))
+    if dry_run:
+        from fa_adapt.dry_run import dry_run as parameter_table
+
+        parameter_table(settings, as_json=json_out)
+        return
+    from fa_adapt.training import finetune
+
     typer.echo(str(finetune(**settings)))
 
 
@@ -128,7 +136,26 @@ def _finetune() -> tuple[Any, dict[str, Any]]:
     from fa_adapt.config import FinetuneConfig
     from fa_adapt.methods import settings_classes
 
-    return build_command(finetune_command, FinetuneConfig, *settings_classes(), after=[_CONFIG])
+    dry_run = _param(
+        "dry_run",
+        Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Only print each method's trainable parameters, from the model's config on the meta "
+                "device (no weights; --method all for every method; --model gemma-2-2b works offline).",
+            ),
+        ],
+        False,
+    )
+    as_json = _param(
+        "json_out",
+        Annotated[bool, typer.Option("--json", help="With --dry-run: the table as JSON on stdout.")],
+        False,
+    )
+    return build_command(
+        finetune_command, FinetuneConfig, *settings_classes(), after=[_CONFIG, dry_run, as_json]
+    )
 
 
 def _generate() -> tuple[Any, dict[str, Any]]:
