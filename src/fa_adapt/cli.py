@@ -16,6 +16,9 @@ import typer
 from adapt.commands import command
 from adapt.settings import build_command, given, settings_from
 
+_DEVICE = Annotated[
+    str, typer.Option(help="Where to run: auto (this process's GPU, else the CPU), cpu, cuda, cuda:N.")
+]
 _RUN_HELP = "Run folder from `adapt finetune`, or `base` for the embedded base model (Gemma 3 270M, 4-bit)."
 
 
@@ -48,19 +51,27 @@ def _generation(flags: dict[str, Any]) -> Any:
 
 
 def generate_command(
-    run: str, prompt: str, system: str | None, seed: int, base: bool, json_out: bool, **flags: Any
+    run: str,
+    prompt: str,
+    system: str | None,
+    seed: int,
+    base: bool,
+    json_out: bool,
+    device: str,
+    **flags: Any,
 ) -> None:
     """Answer one prompt; the answer streams to stdout (logs go to stderr)."""
     from fa_adapt.terminal import answer_prompt
 
-    answer_prompt(run, prompt, _generation(flags), system=system, base=base, seed=seed, as_json=json_out)
+    settings = _generation(flags)
+    answer_prompt(run, prompt, settings, system=system, base=base, seed=seed, as_json=json_out, device=device)
 
 
-def chat_command(run: str, system: str | None, rtl: str, base: bool, **flags: Any) -> None:
+def chat_command(run: str, system: str | None, rtl: str, base: bool, device: str, **flags: Any) -> None:
     """Interactive multi-turn chat (history kept; /reset clears it, /exit quits)."""
     from fa_adapt.terminal import chat
 
-    chat(run, _generation(flags), system=system, rtl=rtl, base=base)
+    chat(run, _generation(flags), system=system, rtl=rtl, base=base, device=device)
 
 
 def compare_command(
@@ -74,11 +85,12 @@ def compare_command(
     ] = Path("compare"),
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padding).")] = 6,
+    device: _DEVICE = "auto",
 ) -> None:
     """Every prompt through the base model and each run, side by side; parameter table; loss plot."""
     from fa_adapt.terminal import compare_runs
 
-    compare_runs(runs or [], prompts, output, base, max_new_tokens, batch_size)
+    compare_runs(runs or [], prompts, output, base, max_new_tokens, batch_size, device)
 
 
 def evaluate_command(
@@ -100,11 +112,12 @@ def evaluate_command(
     json_out: Annotated[
         bool, typer.Option("--json", help='Print {"run": {...}, "base": {...}} to stdout.')
     ] = False,
+    device: _DEVICE = "auto",
 ) -> None:
     """Held-out loss/perplexity on assistant tokens, and answer metrics on --prompts; eval.json."""
     from fa_adapt.terminal import evaluate_run
 
-    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out)
+    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out, device)
 
 
 def export_command(
@@ -113,11 +126,12 @@ def export_command(
         Path | None, typer.Option(help="Folder for the merged model (default RUN-merged).")
     ] = None,
     dtype: Annotated[str, typer.Option(help="Saved weight type: bfloat16, float16 or float32.")] = "bfloat16",
+    device: _DEVICE = "auto",
 ) -> None:
     """Merge a run into the unquantized base model and save it (loads with transformers alone)."""
     from fa_adapt.terminal import export
 
-    export(run, output, dtype)
+    export(run, output, dtype, device)
 
 
 _CONFIG = _param(
@@ -130,6 +144,7 @@ _RUN = _param("run", Annotated[str, typer.Argument(help=_RUN_HELP)])
 _BASE = _param(
     "base", Annotated[bool, typer.Option("--base", help="Use the run's base model instead.")], False
 )
+_DEVICE_PARAM = _param("device", _DEVICE, "auto")
 
 
 def _finetune() -> tuple[Any, dict[str, Any]]:
@@ -172,7 +187,10 @@ def _generate() -> tuple[Any, dict[str, Any]]:
         False,
     )
     return build_command(
-        generate_command, GenerationConfig, before=[_RUN, prompt, _SYSTEM], after=[seed, _BASE, as_json]
+        generate_command,
+        GenerationConfig,
+        before=[_RUN, prompt, _SYSTEM],
+        after=[seed, _BASE, as_json, _DEVICE_PARAM],
     )
 
 
@@ -189,7 +207,9 @@ def _chat() -> tuple[Any, dict[str, Any]]:
         ],
         "terminal",
     )
-    return build_command(chat_command, GenerationConfig, before=[_RUN, _SYSTEM], after=[rtl, _BASE])
+    return build_command(
+        chat_command, GenerationConfig, before=[_RUN, _SYSTEM], after=[rtl, _BASE, _DEVICE_PARAM]
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -144,6 +144,7 @@ def compare(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     on_batch: Callable[[int], None] | None = None,
+    device: str = "auto",
 ) -> tuple[dict[str, list[dict[str, Any]]], list[Path]]:
     """Answer `prompts` with the base model (of the first run) and every run; write the comparison."""
     from fa_adapt.generation import load_target
@@ -154,8 +155,14 @@ def compare(
         run_facts(r)  # fail on a bad folder before loading any model
     loaders: list[Callable[[], Target]] = []
     if with_base:
-        loaders.append(lambda: load_target(str(run_dirs[0]), base=True) if run_dirs else load_target(BASE))
-    loaders += [lambda r=r: load_target(str(r)) for r in run_dirs]
+        loaders.append(
+            lambda: (
+                load_target(str(run_dirs[0]), base=True, device=device)
+                if run_dirs
+                else load_target(BASE, device=device)
+            )
+        )
+    loaders += [lambda r=r: load_target(str(r), device=device) for r in run_dirs]
     table = answer_table(
         loaders, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
     )

@@ -13,7 +13,8 @@ from typing import Any
 
 from adapt.errors import UserError
 from fa_adapt import metrics
-from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, unpack
+from fa_adapt.device import to_device
+from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
 
 LOSS_KEYS = ("loss", "perplexity")
 GENERATION_KEYS = (
@@ -87,7 +88,7 @@ def heldout_loss(
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size])
+        batch = to_device(collate(rows[start : start + batch_size]), model_device(model))
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # prompt tuning prepends virtual tokens to the logits: keep the positions of the real tokens
@@ -181,6 +182,7 @@ def run_evaluation(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     progress: Callable[[int, str], Any] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate `run` (a run folder or `base`) and, with `with_base`, its base model; write eval.json.
 
@@ -203,7 +205,7 @@ def run_evaluation(
     }
     answers: dict[str, list[dict[str, Any]]] = {}
     for key, as_base in [("run", False)] + ([("base", True)] if with_base and run != "base" else []):
-        target = load_target(run, base=as_base)
+        target = load_target(run, base=as_base, device=device)
         total = len(conversations) + len(prompts or [])
         bar, advance = progress(total, f"evaluating {key}") if progress else (None, None)
         if bar is not None:

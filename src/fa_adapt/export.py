@@ -33,7 +33,7 @@ CHATML_TEMPLATE = (
 )
 
 
-def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+def merged_model(run_path: str | Path, device: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, run config) of a run with every trained part merged into the unquantized
     base weights (fp32); a method with an `export_refusal` (prompt tuning) is refused."""
     from fa_adapt.methods import get_method
@@ -42,7 +42,7 @@ def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     refusal = get_method(read_run_config(Path(run_path))["method"]).export_refusal
     if refusal:  # said before the model loads
         raise UserError(f"{run_path}: {refusal}")
-    run = load_run(run_path, quantization="none")
+    run = load_run(run_path, quantization="none", device=device)
     model = run.model
     if hasattr(model, "merge_and_unload"):
         with warnings.catch_warnings():  # load_run merged the ChatML rows already; PEFT says so
@@ -51,7 +51,9 @@ def merged_model(run_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     return model, run.tokenizer, run.config
 
 
-def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16") -> Path:
+def export_run(
+    run_path: str | Path, output: str | Path, dtype: str = "bfloat16", device: str = "auto"
+) -> Path:
     """Write `run_path` (a lora or freeze run folder) as a merged model in `output`; returns `output`.
 
     `dtype` is the saved weight type (`bfloat16` by default, as the source model; `float32` keeps
@@ -65,7 +67,7 @@ def export_run(run_path: str | Path, output: str | Path, dtype: str = "bfloat16"
         raise UserError(f"--output {out}: exists and is not a folder")
     if out.resolve() == Path(run_path).resolve():
         raise UserError(f"--output {out}: must differ from the run folder")
-    model, tokenizer, cfg = merged_model(run_path)
+    model, tokenizer, cfg = merged_model(run_path, device=device)
     model = model.to(getattr(torch, dtype))
     stops = stop_token_ids(tokenizer)  # <|im_end|> first: generation stops where fa_adapt's does
     model.config.eos_token_id = stops

@@ -26,6 +26,7 @@ from adapt.errors import UserError
 from adapt.runio import check_positive
 from adapt.settings import setting
 from fa_adapt.chatml import IM_END, Message, render
+from fa_adapt.device import to_device
 
 DEFAULT_MAX_NEW_TOKENS = 200
 DEFAULT_NO_REPEAT_NGRAM = 3
@@ -140,6 +141,11 @@ def _sampling_kwargs(
     else:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kw
+
+
+def model_device(model: Any) -> Any:
+    """The device a (possibly PEFT-wrapped) model's weights are on."""
+    return next(model.parameters()).device
 
 
 def _encode_left_padded(tokenizer: Any, texts: list[str]) -> dict[str, Any]:
@@ -259,6 +265,7 @@ def generate_batch(
     for start in range(0, len(prompts), batch_size):
         chunk = [as_messages(p, system) for p in prompts[start : start + batch_size]]
         enc = _encode_left_padded(tokenizer, [prompt_text(tokenizer, m) for m in chunk])
+        enc = to_device(dict(enc), model_device(model))  # the model may be on a GPU
         inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
         streamer = _TextStream(tokenizer, stream) if stream is not None else None
         t0 = time.perf_counter()
@@ -320,12 +327,12 @@ class Target:
     run: Any = None  # the loaded `fa_adapt.runs.Run`, when it came from a run folder
 
 
-def load_base(model_name: str | None = None, quantization: str = "nf4") -> Target:
+def load_base(model_name: str | None = None, quantization: str = "nf4", device: str = "auto") -> Target:
     """A base model (None = the embedded Gemma 3 270M) with the ChatML tokens added (untrained rows)."""
     from fa_adapt.chatml import add_chatml_tokens
     from fa_adapt.loading import load_model, load_tokenizer
 
-    model = load_model(model_name, quantization=quantization, for_training=False)
+    model = load_model(model_name, quantization=quantization, for_training=False, device=device)
     tokenizer = load_tokenizer(model_name)
     add_chatml_tokens(tokenizer, model)
     model.eval()
@@ -333,23 +340,24 @@ def load_base(model_name: str | None = None, quantization: str = "nf4") -> Targe
     return Target(BASE, model, tokenizer)
 
 
-def load_target(spec: str, base: bool = False) -> Target:
-    """`spec` is a run folder or `base` (the default base model); `base=True` gives the run's base model."""
+def load_target(spec: str, base: bool = False, device: str = "auto") -> Target:
+    """`spec` is a run folder or `base` (the default base model); `base=True` gives the run's base
+    model. `device`: see `fa_adapt.device`."""
     from fa_adapt.runs import load_run
 
     if spec == BASE:
-        return load_base()
+        return load_base(device=device)
     if (Path(spec) / EXPORT_MARKER).is_file():  # a merged model from `adapt export`: plain transformers
         from fa_adapt.loading import load_model, load_tokenizer
 
-        model = load_model(spec, quantization="none", for_training=False).eval()
+        model = load_model(spec, quantization="none", for_training=False, device=device).eval()
         return Target(f"merged ({Path(spec).name})", model, load_tokenizer(spec))
     if base:
         from fa_adapt.runs import read_run_config
 
         cfg = read_run_config(Path(spec))
-        return load_base(cfg.get("model"), cfg.get("quantization", "nf4"))
-    run = load_run(spec)
+        return load_base(cfg.get("model"), cfg.get("quantization", "nf4"), device=device)
+    run = load_run(spec, device=device)
     return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)
 
 

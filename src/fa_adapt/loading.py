@@ -150,6 +150,7 @@ def load_model(
     skip_modules: list[str] | None = None,
     dtype: Any = None,
     for_training: bool = True,
+    device: Any = "auto",
 ) -> Any:
     """Load a causal LM 4-bit NF4 (double quantization, bf16 compute) or unquantized (`"none"`).
 
@@ -157,15 +158,18 @@ def load_model(
     strategy trains). `for_training` keeps the 4-bit layers in the layout that passes gradients;
     otherwise they may use bitsandbytes' packed CPU inference layout (`PACKED_INFERENCE`).
     Gemma 2 uses eager attention: its logit softcapping is not supported by the fused kernels
-    during training.
+    during training. `device` (`fa_adapt.device`): the model is loaded onto it, each process of a
+    multi-GPU run onto its own GPU; its compute dtype follows the hardware.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    from fa_adapt.device import compute_dtype, resolve_device
 
     if quantization not in QUANTIZATIONS:
         raise UserError(
             f"quantization: unknown value {quantization!r}; choose one of: {', '.join(QUANTIZATIONS)}"
         )
+    where = resolve_device(device)  # a wrong --device is said before any model is built
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -174,21 +178,20 @@ def load_model(
     kwargs: dict[str, Any] = {}
     if config.model_type == "gemma2":
         kwargs["attn_implementation"] = "eager"
+    # bf16 on GPUs that have it, fp16 before Ampere; fp32 on CPUs, where bf16 matmuls measured up to
+    # 10x slower on AVX2-only CPUs. Trainable tensors are made fp32 after the method is applied
+    # (`fa_adapt.device.upcast_trainable`), so frozen weights alone are in half precision.
+    kwargs["dtype"] = dtype or compute_dtype(where)
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            # never fp16: Gemma's activations overflow it. bf16 on GPUs; on CPUs without bf16 matmul
-            # units fp32 compute measured 7x faster for the 4-bit layers (still never fp16)
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+            bnb_4bit_compute_dtype=compute_dtype(where),
             llm_int8_skip_modules=["lm_head", *(skip_modules or [])],
         )
-        # unquantized parts (embeddings, norms, skipped layers) in fp32 so AdamW updates are not lost to
-        # bf16 rounding; bitsandbytes casts inputs to the bf16 compute dtype for the 4-bit matmuls
-        kwargs["dtype"] = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    else:
-        kwargs["dtype"] = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    if where.type == "cuda":  # each DDP process loads onto its own GPU, never all onto cuda:0
+        kwargs["device_map"] = {"": where.index or 0}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     from fa_adapt.quant_layout import keep_trainable_layout, use_inference_layout
 

@@ -223,8 +223,9 @@ def read_run_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_run(path: str | Path, quantization: str | None = None) -> Run:
-    """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config."""
+def load_run(path: str | Path, quantization: str | None = None, device: str = "auto") -> Run:
+    """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config, on
+    `device` (`fa_adapt.device`: a GPU when there is one)."""
     from transformers import AutoConfig
 
     from fa_adapt.loading import load_model, resolve_model_path
@@ -235,7 +236,7 @@ def load_run(path: str | Path, quantization: str | None = None) -> Run:
     quant = quantization or cfg.get("quantization", "nf4")
     base_path = resolve_model_path(cfg.get("model"))
     skip = method.keep_unquantized(AutoConfig.from_pretrained(base_path)) if quant == "nf4" else None
-    model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False)
+    model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False, device=device)
     tokenizer = _run_tokenizer(folder, base_path, model)
     model = method.load(model, folder, base_path)
     model.eval()

@@ -24,6 +24,7 @@ def answer_prompt(
     base: bool = False,
     seed: int = 0,
     as_json: bool = False,
+    device: str = "auto",
 ) -> None:
     """`adapt generate`: stream one answer to stdout and its speed to stderr (or print JSON)."""
     import torch
@@ -31,7 +32,7 @@ def answer_prompt(
     as_messages(prompt)  # an empty prompt is refused before the model loads
     err = stderr_console()
     with err.status(f"loading {run}{' (base model)' if base else ''}…"):
-        target = load_target(run, base=base)
+        target = load_target(run, base=base, device=device)
     torch.manual_seed(seed)
 
     def emit(piece: str) -> None:
@@ -51,19 +52,27 @@ def answer_prompt(
     err.print(f"[dim]{answer.tokens} tokens, {why}, {speed:.1f} tokens/s[/dim]")
 
 
-def chat(run: str, settings: GenerationConfig, system: str | None, rtl: str, base: bool) -> None:
+def chat(
+    run: str, settings: GenerationConfig, system: str | None, rtl: str, base: bool, device: str = "auto"
+) -> None:
     """`adapt chat`: load, then the interactive loop (`fa_adapt.chat.run_chat`)."""
     from adapt.runio import check_choice
     from fa_adapt.chat import RTL_MODES, run_chat
 
     check_choice("--rtl", rtl, RTL_MODES)
     with stderr_console().status(f"loading {run}…"):
-        target = load_target(run, base=base)
+        target = load_target(run, base=base, device=device)
     run_chat(target, system=system, rtl=rtl, **vars(settings))
 
 
 def compare_runs(
-    runs: list[str], prompts: Path | None, output: Path, with_base: bool, max_new_tokens: int, batch_size: int
+    runs: list[str],
+    prompts: Path | None,
+    output: Path,
+    with_base: bool,
+    max_new_tokens: int,
+    batch_size: int,
+    device: str = "auto",
 ) -> None:
     """`adapt compare`: every prompt through the base model and each run; tables on stdout."""
     from rich.console import Console
@@ -80,7 +89,7 @@ def compare_runs(
         task = bar.add_task("answering", total=len(prompt_list) * (len(runs) + int(with_base)))
         table, written = compare(
             runs, prompt_list, output, with_base=with_base, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, on_batch=lambda n: bar.advance(task, n),
+            batch_size=batch_size, on_batch=lambda n: bar.advance(task, n), device=device,
         )  # fmt: skip
     answers = Table(title="Answers", show_lines=True)
     for label in ["prompt", *table]:
@@ -117,6 +126,7 @@ def evaluate_run(
     max_new_tokens: int,
     batch_size: int,
     as_json: bool,
+    device: str = "auto",
 ) -> None:
     """`adapt evaluate`: held-out loss and answer metrics, eval.json, a table (or JSON) on stdout."""
     from rich.console import Console
@@ -130,7 +140,7 @@ def evaluate_run(
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))
     report = run_evaluation(
         run, data or default_heldout_path(), prompt_list, with_base=with_base, output=target_out,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=_progress,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=_progress, device=device,
     )  # fmt: skip
     if as_json:
         shown = {k: report[k] for k in ("run", "base") if k in report}
@@ -140,11 +150,11 @@ def evaluate_run(
     print(target_out, file=sys.stderr)
 
 
-def export(run: str, output: Path | None, dtype: str) -> None:
+def export(run: str, output: Path | None, dtype: str, device: str = "auto") -> None:
     """`adapt export`: merge, save, print the folder (default RUN-merged)."""
     from fa_adapt.export import export_run
 
     target = output or Path(f"{Path(run)}-merged")  # Path drops a trailing slash
     with stderr_console().status(f"merging {run} into the unquantized base model…"):
-        written = export_run(run, target, dtype=dtype)
+        written = export_run(run, target, dtype=dtype, device=device)
     print(written)

@@ -28,18 +28,20 @@ def prepare_model(cfg: FinetuneConfig) -> tuple[Any, Any, list[int], Method]:
     from transformers import AutoConfig
 
     from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.device import upcast_trainable
     from fa_adapt.loading import load_model, load_tokenizer, resolve_model_path
 
     method = cfg.build_method()
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)
     skip = method.keep_unquantized(AutoConfig.from_pretrained(path)) if cfg.quantization == "nf4" else None
-    model = load_model(path, quantization=cfg.quantization, skip_modules=skip)
+    model = load_model(path, quantization=cfg.quantization, skip_modules=skip, device=cfg.device)
     new_ids = add_chatml_tokens(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     model = method.apply(model, new_ids)
+    upcast_trainable(model)  # half-precision frozen weights on a GPU, fp32 trained ones
     if method.row_only_forward:
         from fa_adapt.token_rows import use_row_only_forward
 
@@ -75,9 +77,12 @@ def resume_hint(out: Path) -> str:
 def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh: bool) -> Any:
     """Trainer's arguments for `cfg`: evaluate at step 0 (fresh runs), halfway and at the end; keep
     the checkpoint with the best validation loss and end on its weights."""
-    import torch
     from transformers import TrainingArguments
 
+    from fa_adapt.device import compute_dtype, resolve_device
+
+    device = resolve_device(cfg.device)
+    half = compute_dtype(device)
     # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
     # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
     eval_steps = cfg.eval_steps or max(1, math.ceil(total_steps / 2))
@@ -117,8 +122,10 @@ def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=device.type == "cpu",
+        # mixed precision on a GPU (autocast from the fp32 trained tensors; fp16 with a loss scaler)
+        bf16=device.type == "cuda" and str(half) == "torch.bfloat16",
+        fp16=device.type == "cuda" and str(half) == "torch.float16",
     )
 
 

@@ -33,5 +33,7 @@ def test_the_sources_parameter_counts_offline(monkeypatch, tmp_path):
 def test_method_settings_change_the_table(tiny_model_dir):
     lora = _table("--model", "gemma-2-2b", "--lora-r", "8")["rows"][0]
     assert lora["trainable"] == 3_194_880 // 2
-    prompt = _table("--model", str(tiny_model_dir), "--method", "prompt", "--num-virtual-tokens", "5")["rows"][0]
+    prompt = _table("--model", str(tiny_model_dir), "--method", "prompt", "--num-virtual-tokens", "5")[
+        "rows"
+    ][0]
     assert prompt["trainable"] == 5 * 64  # the tiny model's hidden size

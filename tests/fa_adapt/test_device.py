@@ -1,0 +1,73 @@
+"""`--device` on every fa_adapt command: what a CPU machine can check of the device handling (the
+GPU path runs in bench/gpu_check.py)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from adapt.cli import app
+from adapt.errors import UserError
+
+
+def test_auto_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
+    import torch
+
+    from fa_adapt.device import compute_dtype, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+    assert compute_dtype(torch.device("cpu")) == torch.float32  # CPU runs keep computing in fp32
+    with pytest.raises(UserError, match="--device cuda: this machine has no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="--device: unknown value 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["finetune", "--device", "cuda:0", "--output", "x"],
+        ["generate", "base", "سلام", "--device", "cuda"],
+        ["chat", "base", "--device", "cuda"],
+        ["compare", "--device", "cuda"],
+        ["evaluate", "base", "--device", "cuda"],
+        ["export", "nowhere", "--device", "cuda"],
+    ],
+)
+def test_every_command_takes_device(args, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    # export names the missing run first; every other command stops on the device before loading
+    expected = "nowhere: does not exist" if args[0] == "export" else "this machine has no CUDA GPU"
+    assert expected in result.output and "Traceback" not in result.output
+
+
+def test_trained_tensors_are_fp32_when_the_model_is_half_precision(tiny_model_dir):
+    import torch
+
+    from fa_adapt.device import upcast_trainable
+    from fa_adapt.loading import load_model
+    from fa_adapt.methods import get_method
+
+    model = load_model(str(tiny_model_dir), quantization="none", dtype=torch.bfloat16, device="cpu")
+    model = get_method("freeze").apply(model, [model.config.vocab_size - 1])
+    assert upcast_trainable(model) > 0
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}  # the freeze layers included
+
+
+def test_a_model_on_the_cpu_device_answers(tiny_model_dir):
+    from fa_adapt.chatml import add_chatml_tokens
+    from fa_adapt.generation import generate, model_device
+    from fa_adapt.loading import load_model, load_tokenizer
+
+    model = load_model(str(tiny_model_dir), quantization="none", for_training=False, device="cpu")
+    tok = load_tokenizer(str(tiny_model_dir))
+    add_chatml_tokens(tok, model)
+    assert model_device(model).type == "cpu"
+    assert generate(model, "سلام", tokenizer=tok, max_new_tokens=3).tokens >= 1
