@@ -1,5 +1,11 @@
 """Chat data: read conversations from files or the hub, normalise them, tokenise with assistant-only labels.
 
+Sources (`--data`): a .jsonl/.json/.parquet/.csv file, read here; or, through `fa_adapt.hub_data`, a
+hub dataset name (`owner/name`, e.g. `universitytehran/SlimOrca`) or a local `datasets` folder (one
+written by `save_to_disk`, or a folder of data files `datasets.load_dataset` reads). Those two share
+one reader that streams the `train` split, so `limit` (`--max-train-rows`) stops reading after that
+many usable conversations instead of loading the split.
+
 Two public forms are accepted: OpenAI style (`message`/`messages` = list of `{role, content}`, the
 form of `universitytehran/SlimOrca`) and ShareGPT (`conversations` = list of `{from, value}`).
 Bad rows are skipped and counted (or, with `strict`, raised as a `UserError` naming file, row, field).
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -97,8 +104,9 @@ def normalize_row(row: Any) -> list[Message]:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise BadRow(f"{column}[{i}]: expected an object", "not an object")
-        raw_role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
+        # `is None`, not a default: a dataset mixing both forms gives every turn all four keys
+        raw_role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+        content = turn.get("content") if turn.get("content") is not None else turn.get("value")
         if raw_role is None:
             raise BadRow(f"{column}[{i}].role: missing", "missing role")
         role = ROLE_ALIASES.get(str(raw_role).strip().lower())
@@ -196,24 +204,45 @@ def _looks_like_utf16(head: bytes) -> bool:
     return False
 
 
-def _read_hub(name: str) -> list[tuple[int, Any]]:
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"--data {name}: not a file, and the `datasets` package is not installed") from None
-    try:
-        ds = datasets.load_dataset(name, split="train")
-    except Exception as err:  # noqa: BLE001 — any hub failure is the user's bad name or no network
-        raise UserError(
-            f"--data {name}: not a file, and not loadable from the hub ({str(err).splitlines()[0]})"
-        ) from None
-    return list(enumerate(ds, 1))
-
-
 def load_conversations(
     source: str | Path | None = None, strict: bool = False, limit: int | None = None
 ) -> tuple[list[list[Message]], DataStats]:
-    """Read and normalise conversations from a file (.jsonl/.json/.parquet/.csv) or a hub dataset name."""
+    """Read and normalise conversations from `source`; `limit` stops reading after that many usable ones.
+
+    `source` is a file (.jsonl/.json/.parquet/.csv), a `datasets` folder or a hub dataset name
+    (`owner/name`); `None` is the packaged Persian sample. The last two are streamed (see
+    `fa_adapt.hub_data.read_dataset_rows`), so with a `limit` only the rows up to it are read.
+    Bad rows are counted in the returned `DataStats`; with `strict` the first is a `UserError`.
+    """
+    rows, where = _open_source(source)
+    stats = DataStats()
+    conversations: list[list[Message]] = []
+    first_bad = ""
+    try:
+        for rowno, raw in rows:
+            stats.rows += 1
+            try:
+                if isinstance(raw, BadRow):
+                    raise raw
+                conversations.append(normalize_row(raw))
+            except BadRow as err:
+                if strict:
+                    raise UserError(f"{where}: row {rowno}: {err}") from None
+                stats.bad(err.kind)
+                first_bad = first_bad or f"row {rowno}: {err}"
+            if limit and len(conversations) >= limit:
+                break
+    finally:
+        if isinstance(rows, Generator):  # a stream stopped early releases its file or download now
+            rows.close()
+    if not conversations:
+        why = f"; first: {first_bad}" if first_bad else ""
+        raise UserError(f"{where}: no usable conversation ({stats.bad_rows} bad of {stats.rows} rows{why})")
+    return conversations, stats
+
+
+def _open_source(source: str | Path | None) -> tuple[Iterable[tuple[int, Any]], str]:
+    """The (row number, raw row) pairs of `source` and the name its errors use."""
     path = Path(source) if source is not None else default_data_path()
     if path.is_symlink() and not path.exists():
         try:
@@ -222,38 +251,25 @@ def load_conversations(
             raise UserError(f"--data {source}: a symlink loop") from None
         except OSError:
             raise UserError(f"--data {source}: a symlink to a missing file ({path.readlink()})") from None
+    # imported here: `hub_data` imports this module (for LIST_COLUMNS)
+    from fa_adapt.hub_data import is_datasets_folder, read_dataset_rows
+
     if path.is_dir():
-        raise UserError(f"--data {source}: is a folder; give a .jsonl, .json, .parquet or .csv file")
+        if not is_datasets_folder(path):
+            raise UserError(
+                f"--data {source}: is a folder with no dataset in it; give a .jsonl, .json, .parquet or "
+                ".csv file, or a `datasets` folder (save_to_disk, data/ files, or train.* files)"
+            )
+        return read_dataset_rows(path), str(path)
     if path.exists():
-        rows, where = _read_rows(path), str(path)
-    elif (
+        return _read_rows(path), str(path)
+    if (
         str(source).count("/") == 1
         and path.suffix.lower() not in FILE_SUFFIXES
         and not str(source).startswith(".")
     ):
-        rows, where = _read_hub(str(source)), str(source)
-    else:
-        raise UserError(f"--data {source}: file not found")
-    stats = DataStats()
-    conversations: list[list[Message]] = []
-    first_bad = ""
-    for rowno, raw in rows:
-        stats.rows += 1
-        try:
-            if isinstance(raw, BadRow):
-                raise raw
-            conversations.append(normalize_row(raw))
-        except BadRow as err:
-            if strict:
-                raise UserError(f"{where}: row {rowno}: {err}") from None
-            stats.bad(err.kind)
-            first_bad = first_bad or f"row {rowno}: {err}"
-        if limit and len(conversations) >= limit:
-            break
-    if not conversations:
-        why = f"; first: {first_bad}" if first_bad else ""
-        raise UserError(f"{where}: no usable conversation ({stats.bad_rows} bad of {stats.rows} rows{why})")
-    return conversations, stats
+        return read_dataset_rows(str(source)), str(source)
+    raise UserError(f"--data {source}: file not found")
 
 
 def encode_conversation(tokenizer: Any, messages: list[Message]) -> tuple[list[int], list[int]]:
