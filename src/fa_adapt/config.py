@@ -64,7 +64,7 @@ class FinetuneConfig:
     model: str | None = setting(None, "Model id or folder.", default_text="embedded Gemma 3 270M")
     data: str | None = setting(
         None,
-        "Chat data: .jsonl/.json/.parquet/.csv or a hub dataset name.",
+        "Chat data: a .jsonl/.json/.parquet/.csv file, a hub dataset name or a local datasets folder.",
         default_text="the packaged Persian sample",
     )
     output: str | None = setting(None, "Run folder to write.", default_text="runs/fa-METHOD-TIME")
