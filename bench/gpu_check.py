@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default=None, help="default: the embedded Gemma 3 270M")
     args = parser.parse_args()
+    from adapt.quiet import quiet_libraries
+
+    quiet_libraries()  # before torch/transformers load: only our table and bars
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
