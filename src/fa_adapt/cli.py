@@ -26,6 +26,11 @@ def _param(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
+def _switch(name: str, flag: str, help: str) -> inspect.Parameter:
+    """An on/off flag, off by default."""
+    return _param(name, Annotated[bool, typer.Option(flag, help=help)], False)
+
+
 def finetune_command(
     config: Path | None = None, dry_run: bool = False, json_out: bool = False, **flags: Any
 ) -> None:
@@ -141,9 +146,7 @@ _CONFIG = _param(
 )
 _SYSTEM = _param("system", Annotated[str | None, typer.Option(help="Optional system message.")], None)
 _RUN = _param("run", Annotated[str, typer.Argument(help=_RUN_HELP)])
-_BASE = _param(
-    "base", Annotated[bool, typer.Option("--base", help="Use the run's base model instead.")], False
-)
+_BASE = _switch("base", "--base", "Use the run's base model instead.")
 _DEVICE_PARAM = _param("device", _DEVICE, "auto")
 
 
@@ -151,23 +154,13 @@ def _finetune() -> tuple[Any, dict[str, Any]]:
     from fa_adapt.config import FinetuneConfig
     from fa_adapt.methods import settings_classes
 
-    dry_run = _param(
+    dry_run = _switch(
         "dry_run",
-        Annotated[
-            bool,
-            typer.Option(
-                "--dry-run",
-                help="Only print each method's trainable parameters, from the model's config on the meta "
-                "device (no weights; --method all for every method; --model gemma-2-2b works offline).",
-            ),
-        ],
-        False,
+        "--dry-run",
+        "Only print each method's trainable parameters, from the model's config on the meta device "
+        "(no weights; --method all for every method; --model gemma-2-2b works offline).",
     )
-    as_json = _param(
-        "json_out",
-        Annotated[bool, typer.Option("--json", help="With --dry-run: the table as JSON on stdout.")],
-        False,
-    )
+    as_json = _switch("json_out", "--json", "With --dry-run: the table as JSON on stdout.")
     return build_command(
         finetune_command, FinetuneConfig, *settings_classes(), after=[_CONFIG, dry_run, as_json]
     )
@@ -178,13 +171,8 @@ def _generate() -> tuple[Any, dict[str, Any]]:
 
     prompt = _param("prompt", Annotated[str, typer.Argument(help="The user message.")])
     seed = _param("seed", Annotated[int, typer.Option(help="Random seed for sampling.")], 0)
-    as_json = _param(
-        "json_out",
-        Annotated[
-            bool,
-            typer.Option("--json", help='Print {"prompt","answer","stopped","tokens"} instead of streaming.'),
-        ],
-        False,
+    as_json = _switch(
+        "json_out", "--json", 'Print {"prompt","answer","stopped","tokens"} instead of streaming.'
     )
     return build_command(
         generate_command,
