@@ -10,7 +10,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import UserError
 from adapt.runio import check_choice
 from adapt.settings import settings_from
 
@@ -26,18 +25,12 @@ CHATML_ROWS = 2  # <|im_start|> and <|im_end|>, added to the vocabulary by every
 
 def model_config(model: str | None) -> tuple[Any, str]:
     """The config of `model` (a folder, a shipped name, a hub id or None = the embedded Gemma) and where it came from."""
-    from transformers import AutoConfig
-
-    from fa_adapt.loading import resolve_model_path
+    from fa_adapt import loading
 
     if model is not None and not Path(model).exists() and model in ALIASES:
-        folder = SHIPPED / ALIASES[model]
-        return AutoConfig.from_pretrained(folder), f"{ALIASES[model]} (config shipped with fa_adapt)"
-    path = resolve_model_path(model)
-    try:
-        return AutoConfig.from_pretrained(path), str(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--model {model}: no config.json found ({str(err).splitlines()[0]})") from None
+        config, _ = loading.model_config(str(SHIPPED / ALIASES[model]))
+        return config, f"{ALIASES[model]} (config shipped with fa_adapt)"
+    return loading.model_config(model)
 
 
 def _meta_model(config: Any) -> Any:

@@ -144,24 +144,36 @@ def load_tokenizer(name_or_path: str | None = None, **kwargs: Any) -> Any:
         ) from None
 
 
+def model_config(name_or_path: str | None) -> tuple[Any, str]:
+    """The transformers config of a model (None = the embedded Gemma 3 270M) and the folder or id it
+    came from, or a one-line `UserError` naming --model."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path), path
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {name_or_path}: cannot load ({str(err).splitlines()[0]})") from None
+
+
 def load_model(
     name_or_path: str | None = None,
     quantization: str = "nf4",
-    skip_modules: list[str] | None = None,
+    keep_unquantized: Callable[[Any], list[str] | None] | None = None,
     dtype: Any = None,
     for_training: bool = True,
     device: Any = "auto",
 ) -> Any:
     """Load a causal LM 4-bit NF4 (double quantization, bf16 compute) or unquantized (`"none"`).
 
-    `skip_modules` names modules bitsandbytes must leave unquantized (the layers the freeze
-    strategy trains). `for_training` keeps the 4-bit layers in the layout that passes gradients;
+    `keep_unquantized(config)` names the modules bitsandbytes must leave unquantized (a method's
+    hook: the layers the freeze method trains). `for_training` keeps the 4-bit layers in the layout that passes gradients;
     otherwise they may use bitsandbytes' packed CPU inference layout (`PACKED_INFERENCE`).
     Gemma 2 uses eager attention: its logit softcapping is not supported by the fused kernels
     during training. `device` (`fa_adapt.device`): the model is loaded onto it, each process of a
     multi-GPU run onto its own GPU; its compute dtype follows the hardware.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from fa_adapt.device import compute_dtype, resolve_device
 
@@ -170,11 +182,7 @@ def load_model(
             f"quantization: unknown value {quantization!r}; choose one of: {', '.join(QUANTIZATIONS)}"
         )
     where = resolve_device(device)  # a wrong --device is said before any model is built
-    path = resolve_model_path(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--model {name_or_path}: cannot load ({str(err).splitlines()[0]})") from None
+    config, path = model_config(name_or_path)
     kwargs: dict[str, Any] = {}
     if config.model_type == "gemma2":
         kwargs["attn_implementation"] = "eager"
@@ -183,6 +191,7 @@ def load_model(
     # (`fa_adapt.device.upcast_trainable`), so frozen weights alone are in half precision.
     kwargs["dtype"] = dtype or compute_dtype(where)
     if quantization == "nf4":
+        skip_modules = keep_unquantized(config) if keep_unquantized else None
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

@@ -226,8 +226,6 @@ def read_run_config(folder: Path) -> dict[str, Any]:
 def load_run(path: str | Path, quantization: str | None = None, device: str = "auto") -> Run:
     """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config, on
     `device` (`fa_adapt.device`: a GPU when there is one)."""
-    from transformers import AutoConfig
-
     from fa_adapt.loading import load_model, resolve_model_path
 
     folder = Path(path)
@@ -235,8 +233,13 @@ def load_run(path: str | Path, quantization: str | None = None, device: str = "a
     method = get_method(cfg["method"])  # only its hooks: what it trained is read from the folder
     quant = quantization or cfg.get("quantization", "nf4")
     base_path = resolve_model_path(cfg.get("model"))
-    skip = method.keep_unquantized(AutoConfig.from_pretrained(base_path)) if quant == "nf4" else None
-    model = load_model(base_path, quantization=quant, skip_modules=skip, for_training=False, device=device)
+    model = load_model(
+        base_path,
+        quantization=quant,
+        keep_unquantized=method.keep_unquantized,
+        for_training=False,
+        device=device,
+    )
     tokenizer = _run_tokenizer(folder, base_path, model)
     model = method.load(model, folder, base_path)
     model.eval()

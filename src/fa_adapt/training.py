@@ -25,8 +25,6 @@ from fa_adapt.methods import Method
 
 def prepare_model(cfg: FinetuneConfig) -> tuple[Any, Any, list[int], Method]:
     """Load tokenizer + model for `cfg`, add ChatML tokens and apply the method."""
-    from transformers import AutoConfig
-
     from fa_adapt.chatml import add_chatml_tokens
     from fa_adapt.device import upcast_trainable
     from fa_adapt.loading import load_model, load_tokenizer, resolve_model_path
@@ -34,8 +32,9 @@ def prepare_model(cfg: FinetuneConfig) -> tuple[Any, Any, list[int], Method]:
     method = cfg.build_method()
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)
-    skip = method.keep_unquantized(AutoConfig.from_pretrained(path)) if cfg.quantization == "nf4" else None
-    model = load_model(path, quantization=cfg.quantization, skip_modules=skip, device=cfg.device)
+    model = load_model(
+        path, quantization=cfg.quantization, keep_unquantized=method.keep_unquantized, device=cfg.device
+    )
     new_ids = add_chatml_tokens(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

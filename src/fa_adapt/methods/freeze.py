@@ -51,7 +51,9 @@ class Freeze(Method):
             if name in names:
                 for p in module.parameters():
                     if not p.dtype.is_floating_point:
-                        raise ValueError(f"{name} is quantized; load it with skip_modules={names}")
+                        raise ValueError(
+                            f"{name} is quantized; load it with keep_unquantized=Freeze.keep_unquantized"
+                        )
                     p.requires_grad = True
         return model
 
