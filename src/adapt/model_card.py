@@ -27,10 +27,3 @@ def table(rows: list[tuple[str, Any]]) -> str:
     """A two-column Markdown table of (name, value) rows."""
     lines = ["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
-
-
-def hub_dataset(data: str | None) -> str | None:
-    """`data` when it names a hub dataset (`owner/name`, not a local file), else None."""
-    if not data or Path(data).exists() or data.count("/") != 1 or Path(data).suffix:
-        return None
-    return data

@@ -40,9 +40,8 @@ class _DropMessage(logging.Filter):
 
 def quiet_libraries() -> None:
     """Drop the messages above, and the libraries' tqdm bars (our Rich bars show progress)."""
-    os.environ.setdefault(
-        "HF_HUB_DISABLE_PROGRESS_BARS", "1"
-    )  # read by huggingface_hub and transformers at import
+    # read by huggingface_hub and transformers when they are imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for logger, start in _DROPPED_LOGS:
         logging.getLogger(logger).addFilter(_DropMessage(start))
     for category, message in _DROPPED_WARNINGS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapt.model_card import hub_dataset, table, write_card
+from adapt.model_card import table, write_card
 
 
 def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
@@ -68,6 +68,5 @@ without review.
         "language": ["en"],
         "pipeline_tag": "image-to-text",
         "tags": ["capkit", "image-captioning", cfg.decoder, cfg.encoder],
-        "datasets": [d] if (d := hub_dataset(cfg.data)) else None,
     }
     return write_card(out, metadata, body)

@@ -241,6 +241,17 @@ def load_conversations(
     return conversations, stats
 
 
+def is_hub_name(source: str | Path | None) -> bool:
+    """True when `--data source` names a hub dataset (`owner/name`, not a local path or data file)."""
+    text = str(source or "")
+    return (
+        text.count("/") == 1
+        and not Path(text).exists()
+        and Path(text).suffix.lower() not in FILE_SUFFIXES
+        and not text.startswith(".")
+    )
+
+
 def _open_source(source: str | Path | None) -> tuple[Iterable[tuple[int, Any]], str]:
     """The (row number, raw row) pairs of `source` and the name its errors use."""
     path = Path(source) if source is not None else default_data_path()
@@ -263,11 +274,7 @@ def _open_source(source: str | Path | None) -> tuple[Iterable[tuple[int, Any]], 
         return read_dataset_rows(path), str(path)
     if path.exists():
         return _read_rows(path), str(path)
-    if (
-        str(source).count("/") == 1
-        and path.suffix.lower() not in FILE_SUFFIXES
-        and not str(source).startswith(".")
-    ):
+    if is_hub_name(source):
         return read_dataset_rows(str(source)), str(source)
     raise UserError(f"--data {source}: file not found")
 

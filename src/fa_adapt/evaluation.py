@@ -6,6 +6,7 @@ the same way and reports each figure as a change against the base.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -181,12 +182,13 @@ def run_evaluation(
     output: str | Path,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
-    progress: Callable[[int, str], Any] | None = None,
+    progress: Callable[[str, int], Any] | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate `run` (a run folder or `base`) and, with `with_base`, its base model; write eval.json.
 
-    `progress(total, description)` may return `(context manager, advance)` for a progress bar.
+    `progress(description, total)` is a context manager yielding `advance(n)` for a progress bar
+    (`adapt.console.progress`).
     The report holds `run`, `base` (with `with_base`), `change` (run − base), the answers and
     the settings used.
     """
@@ -207,14 +209,11 @@ def run_evaluation(
     for key, as_base in [("run", False)] + ([("base", True)] if with_base and run != "base" else []):
         target = load_target(run, base=as_base, device=device)
         total = len(conversations) + len(prompts or [])
-        bar, advance = progress(total, f"evaluating {key}") if progress else (None, None)
-        if bar is not None:
-            with bar:
-                result, got = _evaluate_target(
-                    target, conversations, prompts, max_new_tokens, batch_size, advance
-                )
-        else:
-            result, got = _evaluate_target(target, conversations, prompts, max_new_tokens, batch_size, None)
+        bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()
+        with bar as advance:
+            result, got = _evaluate_target(
+                target, conversations, prompts, max_new_tokens, batch_size, advance
+            )
         report[key] = result
         if got:
             answers[key] = [a.to_dict() for a in got]

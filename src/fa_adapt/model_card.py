@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapt.model_card import hub_dataset, table, write_card
+from adapt.model_card import table, write_card
 from adapt.runio import read_json
+from fa_adapt.data import is_hub_name
 
 EMBEDDED = "google/gemma-3-270m"  # what the embedded GGUF (Q4_K_M) was converted from
 LIMITS = """## Intended use and limits
@@ -26,7 +27,7 @@ def _metadata(cfg: dict[str, Any], library: str) -> dict[str, Any]:
         "license": "gemma" if "gemma" in str(cfg.get("model") or EMBEDDED).lower() else None,
         "pipeline_tag": "text-generation",
         "tags": ["fa_adapt", cfg["method"], "persian", "chatml", "conversational"],
-        "datasets": [d] if (d := hub_dataset(cfg.get("data"))) else None,
+        "datasets": [cfg["data"]] if is_hub_name(cfg.get("data")) else None,
     }
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from adapt.console import new_progress, stderr_console
+from adapt.console import new_progress, progress, stderr_console
 from fa_adapt.generation import GenerationConfig, as_messages, generate, load_target
 
 
@@ -65,6 +64,15 @@ def chat(
     run_chat(target, system=system, rtl=rtl, **vars(settings))
 
 
+def _check_answering(batch_size: int, max_new_tokens: int) -> None:
+    """compare's and evaluate's --batch-size and --max-new-tokens, said before any model loads."""
+    from adapt.runio import check_positive
+    from fa_adapt.generation import check_generation_flags
+
+    check_positive("--batch-size", batch_size)
+    check_generation_flags(max_new_tokens)
+
+
 def compare_runs(
     runs: list[str],
     prompts: Path | None,
@@ -78,12 +86,10 @@ def compare_runs(
     from rich.console import Console
     from rich.table import Table
 
-    from adapt.runio import check_positive
     from fa_adapt.compare import compare, default_prompts_path, run_facts
     from fa_adapt.evaluation import read_prompts
 
-    check_positive("--batch-size", batch_size)
-    GenerationConfig(max_new_tokens=max_new_tokens)
+    _check_answering(batch_size, max_new_tokens)
     prompt_list = read_prompts(prompts or default_prompts_path())
     with new_progress() as bar:
         task = bar.add_task("answering", total=len(prompt_list) * (len(runs) + int(with_base)))
@@ -111,12 +117,6 @@ def compare_runs(
         print(path, file=sys.stderr)
 
 
-def _progress(total: int, description: str) -> tuple[Any, Any]:
-    bar = new_progress()
-    task = bar.add_task(description, total=total)
-    return bar, (lambda n: bar.advance(task, n))
-
-
 def evaluate_run(
     run: str,
     data: Path | None,
@@ -131,16 +131,14 @@ def evaluate_run(
     """`adapt evaluate`: held-out loss and answer metrics, eval.json, a table (or JSON) on stdout."""
     from rich.console import Console
 
-    from adapt.runio import check_positive
     from fa_adapt.evaluation import default_heldout_path, read_prompts, report_table, run_evaluation
 
-    check_positive("--batch-size", batch_size)
-    GenerationConfig(max_new_tokens=max_new_tokens)
+    _check_answering(batch_size, max_new_tokens)
     prompt_list = read_prompts(prompts) if prompts else None
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))
     report = run_evaluation(
         run, data or default_heldout_path(), prompt_list, with_base=with_base, output=target_out,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=_progress, device=device,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, device=device,
     )  # fmt: skip
     if as_json:
         shown = {k: report[k] for k in ("run", "base") if k in report}
