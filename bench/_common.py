@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype names -> torch's
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Fine-tuning throughput, peak memory and FLOP/s fraction: our pipeline against the source's setup and TRL.
 
-    python bench/fa_adapt_train.py [--methods lora,prompt,freeze] [--rows 6] [--device cuda] [--gemma2-2b]
+    python bench/fa_adapt_train.py [--methods lora,prompt,freeze] [--dtypes fp32,bf16] [--rows 6] [--device cuda] [--gemma2-2b]
 
 Every configuration trains the SAME conversations (a fixed random sample of the bundled Persian
 chat data, train split) for one epoch, after one warm-up step on other rows, all in this process:
@@ -19,8 +19,11 @@ token: forward (2N) and input-gradient (2N) through every decoder matrix, weight
 trained matrices, and the V×H output projection forward and backward only where a label is.
 Attention-score FLOPs (~4 % at these lengths) and padding are not counted. Before timing, each
 configuration's warm-up step passes the first-step gradient guard (fa_adapt.grad_check): every group
-of trainable tensors got a non-zero gradient, and no 4-bit layer is in the gradient-dropping layout. The fraction is of the
-fp32 (CUDA: bf16) matmul rate measured at the start and end of this run (the higher of the two).
+of trainable tensors got a non-zero gradient, and no 4-bit layer is in the gradient-dropping layout.
+Every configuration runs once per compute dtype (--dtypes; default fp32, plus bf16 where the CPU
+has avx512_bf16/amx_bf16 or on a GPU): the frozen weights and NF4 compute in it, autocast for the
+rest, trained tensors fp32, as `adapt finetune --dtype` does. The fraction is of the same dtype's
+1024² matmul rate, measured at the start and end of this run (the higher of the two).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("COLUMNS", "200")  # the results table is wide; do not squeeze it to 80
 from _common import (  # noqa: E402
+    DTYPE_NAMES,
     load_average,
     machine,
     matmul_peak_flops,
@@ -127,10 +131,8 @@ def _our_trainer_class() -> Any:
 
 
 def _training_args(
-    out: str, batch_size: int, lr: float, device: str, grouped: bool, trl: bool = False
+    out: str, batch_size: int, lr: float, device: str, grouped: bool, dtype: str, trl: bool = False
 ) -> Any:
-    import torch
-
     common = dict(
         output_dir=out,
         per_device_train_batch_size=batch_size,
@@ -148,7 +150,7 @@ def _training_args(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        bf16=dtype == "bf16",  # autocast, from fp32 trained tensors (CPU and GPU alike)
     )
     if trl:
         from trl import SFTConfig
@@ -162,14 +164,21 @@ def _training_args(
 def build(
     config: str, model_name: str | None, batch_size: int, max_length: int, trl_token_rows: bool
 ) -> dict[str, Any]:
+    # config: setup-method-dtype, e.g. ours-lora-bf16
     """Model, tokenizer, trainer class and collator of one configuration (nothing trained yet)."""
     from fa_adapt import training
     from fa_adapt.collator import ChatCollator
     from fa_adapt.config import resolve_config
     from fa_adapt.methods import get_method
 
-    setup, method = config.split("-", 1)
-    cfg = resolve_config(method=method, model=model_name, output="/tmp/bench-unused", batch_size=batch_size)
+    setup, method, dtype = config.split("-")
+    cfg = resolve_config(
+        method=method,
+        model=model_name,
+        output="/tmp/bench-unused",
+        batch_size=batch_size,
+        compute_dtype=dtype,
+    )
     if setup == "trl":
         from peft import LoraConfig as PeftLoraConfig
 
@@ -177,7 +186,7 @@ def build(
         from fa_adapt.loading import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(model_name)
-        model = load_model(model_name)
+        model = load_model(model_name, dtype=dtype)
         new_ids = add_chatml_tokens(tokenizer, model)
         lora = get_method("lora").settings
         peft_config = PeftLoraConfig(
@@ -192,7 +201,13 @@ def build(
             trainable_token_indices=list(new_ids) if trl_token_rows else None,
         )
         return dict(
-            model=model, tokenizer=tokenizer, peft_config=peft_config, lr=cfg.lr, setup=setup, method=method
+            model=model,
+            tokenizer=tokenizer,
+            peft_config=peft_config,
+            lr=cfg.lr,
+            setup=setup,
+            method=method,
+            dtype=dtype,
         )
     model, tokenizer, _, _ = training.prepare_model(cfg)
     if setup == "source":
@@ -211,6 +226,7 @@ def build(
             grouped=False,
             setup=setup,
             method=method,
+            dtype=dtype,
         )
     return dict(
         model=model,
@@ -222,6 +238,7 @@ def build(
         grouped=True,
         setup=setup,
         method=method,
+        dtype=dtype,
     )
 
 
@@ -248,7 +265,7 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
         from datasets import Dataset
         from trl import SFTTrainer
 
-        targs = _training_args(out, args.batch_size, b["lr"], args.device, grouped=False, trl=True)
+        targs = _training_args(out, args.batch_size, b["lr"], args.device, False, b["dtype"], trl=True)
         batch = args.batch_size
         # TRL prepares (and would re-tokenize) the dataset it is given: give it all rows at once, split after
         rows = warm + measured
@@ -265,7 +282,7 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
         measured_ds = trainer.train_dataset.select(range(len(warm), len(rows)))
     else:
         batch = b["batch"]
-        targs = _training_args(out, batch, b["lr"], args.device, grouped=b["grouped"])
+        targs = _training_args(out, batch, b["lr"], args.device, b["grouped"], b["dtype"])
         trainer = b["cls"](
             model=b["model"], args=targs, data_collator=b["collator"], callbacks=[clock, guard]
         )
@@ -328,12 +345,17 @@ def run_config(config: str, args: argparse.Namespace, model_name: str | None) ->
     return result
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--methods",
         default="lora",
         help="comma-separated of lora,prompt,freeze (default lora); each adds ours-M and source-M, lora adds trl-lora",
+    )
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma-separated of fp32,bf16 (default: fp32, and bf16 where it is fast)",
     )
     ap.add_argument("--rows", type=int, default=6, help="conversations trained per configuration (default 6)")
     ap.add_argument("--batch-size", type=int, default=4, help="our batch size and TRL's (default 4)")
@@ -350,78 +372,92 @@ def main() -> None:
     args = ap.parse_args()
     require_device(args.device)
     check_gpu_flags(args.device, args.gemma2_2b)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
         sys.exit(
             f"error: --methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}"
         )
+    if args.dtypes is None:
+        from fa_adapt.device import cpu_bf16_flags
+
+        args.dtypes = "fp32,bf16" if args.device.startswith("cuda") or cpu_bf16_flags() else "fp32"
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not args.dtypes or set(args.dtypes) - set(DTYPE_NAMES):
+        sys.exit(f"error: --dtypes: choose from fp32,bf16, got {','.join(args.dtypes) or '(none)'}")
     if args.rows < 1 or args.batch_size < 1 or args.max_length < 8:
         sys.exit("error: --rows and --batch-size must be >= 1, --max-length >= 8")
-    # ours and its baselines back to back for each method, so each ratio is measured minutes apart
-    configs = [
-        c for m in methods for c in (f"ours-{m}", f"source-{m}", "trl-lora" if m == "lora" else "") if c
-    ]
+    return args
+
+
+def _configs(args: argparse.Namespace) -> tuple[list[str], str]:
+    """setup-method-dtype names, ours and its baselines back to back (each ratio is measured minutes
+    apart), and a note on TRL."""
+    setups = {m: ["ours", "source", *(["trl"] if m == "lora" else [])] for m in args.methods}
+    configs = [f"{s}-{m}-{d}" for m in args.methods for d in args.dtypes for s in setups[m]]
+    try:
+        import trl
+
+        return configs, f"trl {trl.__version__}"
+    except ImportError:
+        note = "trl not installed (pip install trl): the TRL baseline was skipped"
+        if any(c.startswith("trl-") for c in configs):
+            print(f"note: {note}", file=sys.stderr)
+        return [c for c in configs if not c.startswith("trl-")], note
+
+
+def _peaks(args: argparse.Namespace) -> dict[str, float]:
+    """GFLOP/s of a 1024² (GPU: 4096²) matmul in each dtype of the run."""
+    n = 4096 if args.device.startswith("cuda") else 1024
+    return {d: matmul_peak_flops(DTYPE_NAMES[d], n, args.device) / 1e9 for d in args.dtypes}
+
+
+def _table(results: dict[str, dict[str, Any]], peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per configuration, with its ratios against the baselines of the same method and dtype."""
+    keys = ("config", "batch", "steps", "rows", "wall_s", "assistant_tok_s", "tokens_s", "padding_share")
+    rows = []
+    for c, r in results.items():
+        setup, method, dtype = c.split("-")
+        row = {k: r[k] for k in keys} | {"peak_mib": r["peak_mib"], "useful_gflop_s": r["useful_gflop_s"]}
+        row["pct_of_peak"] = 100 * r["useful_gflop_s"] / peaks[dtype]
+        for base in ("source", "trl"):
+            other = results.get(f"{base}-{method}-{dtype}")
+            if setup == "ours" and other:
+                row[f"speed_vs_{base}"] = r["assistant_tok_s"] / other["assistant_tok_s"]
+                row[f"memory_vs_{base}"] = r["peak_mib"] / other["peak_mib"]
+        fp32 = results.get(f"{setup}-{method}-fp32")
+        if dtype != "fp32" and fp32:
+            row["speed_vs_fp32"] = r["assistant_tok_s"] / fp32["assistant_tok_s"]
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    args = _args()
+    configs, trl_note = _configs(args)
     quiet()
     import torch
 
-    try:
-        import trl  # noqa: F401
-
-        trl_note = f"trl {trl.__version__}"
-    except ImportError:
-        trl_note = "trl not installed (pip install trl): the TRL baseline was skipped"
-        if "trl-lora" in configs:
-            print(f"note: {trl_note}", file=sys.stderr)
-            configs.remove("trl-lora")
     if args.device == "cpu":
         torch.manual_seed(0)
     started = load_average()
-    peak_dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    n_mm = 4096 if args.device.startswith("cuda") else 1024
-    peaks = [matmul_peak_flops(peak_dtype, n_mm, args.device)]
+    peaks = [_peaks(args)]
     model_name = model_path(args.gemma2_2b)
     results: dict[str, dict[str, Any]] = {}
     for c in configs:
         print(f"[{time.strftime('%H:%M:%S')}] {c} …", file=sys.stderr)
-        results[c] = run_config(c, args, model_name)
-        r = results[c]
+        results[c] = r = run_config(c, args, model_name)
         print(
             f"  {r['wall_s']:.1f} s, {r['assistant_tok_s']:.2f} assistant tok/s, peak {r['peak_mib']:.0f} MiB",
             file=sys.stderr,
         )
-    peaks.append(matmul_peak_flops(peak_dtype, n_mm, args.device))
-    peak = max(peaks)
-    rows = []
-    for c, r in results.items():
-        row = {
-            k: r[k]
-            for k in (
-                "config",
-                "batch",
-                "steps",
-                "rows",
-                "wall_s",
-                "assistant_tok_s",
-                "tokens_s",
-                "padding_share",
-                "peak_mib",
-                "useful_gflop_s",
-            )
-        }
-        row["pct_of_peak"] = 100 * r["useful_gflop_s"] * 1e9 / peak
-        method = c.split("-", 1)[1]
-        for base in ("source", "trl"):
-            other = results.get(f"{base}-{method}")
-            if c.startswith("ours-") and other:
-                row[f"speed_vs_{base}"] = r["assistant_tok_s"] / other["assistant_tok_s"]
-                row[f"memory_vs_{base}"] = r["peak_mib"] / other["peak_mib"]
-        rows.append(row)
+    peaks.append(_peaks(args))
+    best = {d: max(p[d] for p in peaks) for d in args.dtypes}
     meta = machine(args.device) | {
         "command": " ".join(["python", "bench/fa_adapt_train.py", *sys.argv[1:]]),
         "model": "gemma-2-2b-sized, random weights" if args.gemma2_2b else "gemma-3-270m (embedded), NF4",
-        "matmul_peak_gflop_s": [p / 1e9 for p in peaks],
-        "matmul_peak_dtype": peak_dtype,
+        "dtypes": args.dtypes,
+        "matmul_peak_gflop_s": {d: [p[d] for p in peaks] for d in args.dtypes},
         "load_average_start": started,
         "load_average_end": load_average(),
         "trl": trl_note,
@@ -436,10 +472,10 @@ def main() -> None:
         "flop_formula": "(4*N_decoder_matrices + 2*N_trained_matrices) * (non-pad tokens + soft-prompt positions)"
         " + 4 * vocab * hidden * labeled tokens",
     }
-    name = "fa_adapt_train" if methods == ["lora"] else "fa_adapt_train_" + "_".join(methods)
+    name = "fa_adapt_train" if args.methods == ["lora"] else "fa_adapt_train_" + "_".join(args.methods)
     if args.gemma2_2b:
         name += "_gemma2_2b"
-    report(name, "fa_adapt fine-tuning: one epoch over the same rows", rows, meta)
+    report(name, "fa_adapt fine-tuning: one epoch over the same rows", _table(results, best), meta)
 
 
 if __name__ == "__main__":

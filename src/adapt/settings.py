@@ -37,6 +37,7 @@ def setting(
     choices: Callable[[], Iterable[str]] | None = None,
     cli: bool = True,
     default_text: str | Callable[[], str] | None = None,
+    flag: str | None = None,
 ) -> Any:
     """A dataclass field with its CLI help.
 
@@ -44,9 +45,11 @@ def setting(
     (a registry's keys, read only when help is shown or a value is checked, so `adapt --help` never
     imports torch). `cli=False` keeps a field out of the flags (API and config files only).
     `default_text` (or a function giving it) is shown in `--help` where the default depends on
-    other settings.
+    other settings. `flag`: the flag, where it is not the field's name (which config files keep as
+    the key, and which stays a second flag).
     """
     meta = {"help": help, "check": check, "choices": choices, "cli": cli, "default_text": default_text}
+    meta["flag"] = flag
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -55,6 +58,11 @@ def setting(
 def flag_of(name: str) -> str:
     """The CLI flag of a field: `max_steps` → `--max-steps`."""
     return "--" + name.replace("_", "-")
+
+
+def field_flag(field: dataclasses.Field) -> str:
+    """The flag a user types for `field` (its own `flag`, else the field's name as a flag)."""
+    return field.metadata.get("flag") or flag_of(field.name)
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -103,7 +111,7 @@ def coerce(name: str, value: Any, kind: Any, optional: bool) -> Any:
 
 def check_field(field: dataclasses.Field, value: Any) -> None:
     """The field's own rule (`check`, `choices`), with a one-line `UserError` naming the flag."""
-    flag, meta = flag_of(field.name), field.metadata
+    flag, meta = field_flag(field), field.metadata
     if meta.get("check") in ("positive", "non_negative"):
         check_positive(flag, value, allow_zero=meta["check"] == "non_negative")
     if meta.get("choices") and value is not None:
@@ -177,13 +185,14 @@ def option_of(field: dataclasses.Field, kind: Any) -> inspect.Parameter:
     shown = _default_text(field)
     if shown:
         help_text += f" \\[default: {shown}]"  # escaped: Rich markup would eat [..]
+    flags = tuple(dict.fromkeys((field_flag(field), flag_of(field.name))))
     if kind is bool:
-        annotation: Any = Annotated[bool | None, typer.Option(flag_of(field.name), help=help_text)]
+        annotation: Any = Annotated[bool | None, typer.Option(*flags, help=help_text)]
     else:
         metavar = "NAME" if field.metadata.get("choices") else _METAVARS.get(kind, "TEXT")
         if typing.get_origin(kind) is list:
             metavar = "NAMES"
-        info = typer.Option(flag_of(field.name), help=help_text, show_default=False, metavar=metavar)
+        info = typer.Option(*flags, help=help_text, show_default=False, metavar=metavar)
         annotation = Annotated[str | None, info]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 

@@ -19,6 +19,14 @@ from adapt.settings import build_command, given, settings_from
 _DEVICE = Annotated[
     str, typer.Option(help="Where to run: auto (this process's GPU, else the CPU), cpu, cuda, cuda:N.")
 ]
+_DTYPE = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        "--compute-dtype",
+        help="Compute dtype: auto (bf16 on GPUs and CPUs with avx512_bf16/amx_bf16, else fp32), fp32, bf16.",
+    ),
+]
 _RUN_HELP = "Run folder from `adapt finetune`, or `base` for the embedded base model (Gemma 3 270M, 4-bit)."
 
 
@@ -63,20 +71,33 @@ def generate_command(
     base: bool,
     json_out: bool,
     device: str,
+    dtype: str,
     **flags: Any,
 ) -> None:
     """Answer one prompt; the answer streams to stdout (logs go to stderr)."""
     from fa_adapt.terminal import answer_prompt
 
     settings = _generation(flags)
-    answer_prompt(run, prompt, settings, system=system, base=base, seed=seed, as_json=json_out, device=device)
+    answer_prompt(
+        run,
+        prompt,
+        settings,
+        system=system,
+        base=base,
+        seed=seed,
+        as_json=json_out,
+        device=device,
+        dtype=dtype,
+    )
 
 
-def chat_command(run: str, system: str | None, rtl: str, base: bool, device: str, **flags: Any) -> None:
+def chat_command(
+    run: str, system: str | None, rtl: str, base: bool, device: str, dtype: str, **flags: Any
+) -> None:
     """Interactive multi-turn chat (history kept; /reset clears it, /exit quits)."""
     from fa_adapt.terminal import chat
 
-    chat(run, _generation(flags), system=system, rtl=rtl, base=base, device=device)
+    chat(run, _generation(flags), system=system, rtl=rtl, base=base, device=device, dtype=dtype)
 
 
 def compare_command(
@@ -91,11 +112,12 @@ def compare_command(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padding).")] = 6,
     device: _DEVICE = "auto",
+    dtype: _DTYPE = "auto",
 ) -> None:
     """Every prompt through the base model and each run, side by side; parameter table; loss plot."""
     from fa_adapt.terminal import compare_runs
 
-    compare_runs(runs or [], prompts, output, base, max_new_tokens, batch_size, device)
+    compare_runs(runs or [], prompts, output, base, max_new_tokens, batch_size, device, dtype)
 
 
 def evaluate_command(
@@ -118,11 +140,12 @@ def evaluate_command(
         bool, typer.Option("--json", help='Print {"run": {...}, "base": {...}} to stdout.')
     ] = False,
     device: _DEVICE = "auto",
+    dtype: _DTYPE = "auto",
 ) -> None:
     """Held-out loss/perplexity on assistant tokens, and answer metrics on --prompts; eval.json."""
     from fa_adapt.terminal import evaluate_run
 
-    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out, device)
+    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out, device, dtype)
 
 
 def export_command(
@@ -148,6 +171,7 @@ _SYSTEM = _param("system", Annotated[str | None, typer.Option(help="Optional sys
 _RUN = _param("run", Annotated[str, typer.Argument(help=_RUN_HELP)])
 _BASE = _switch("base", "--base", "Use the run's base model instead.")
 _DEVICE_PARAM = _param("device", _DEVICE, "auto")
+_DTYPE_PARAM = _param("dtype", _DTYPE, "auto")
 
 
 def _finetune() -> tuple[Any, dict[str, Any]]:
@@ -178,7 +202,7 @@ def _generate() -> tuple[Any, dict[str, Any]]:
         generate_command,
         GenerationConfig,
         before=[_RUN, prompt, _SYSTEM],
-        after=[seed, _BASE, as_json, _DEVICE_PARAM],
+        after=[seed, _BASE, as_json, _DEVICE_PARAM, _DTYPE_PARAM],
     )
 
 
@@ -196,7 +220,10 @@ def _chat() -> tuple[Any, dict[str, Any]]:
         "terminal",
     )
     return build_command(
-        chat_command, GenerationConfig, before=[_RUN, _SYSTEM], after=[rtl, _BASE, _DEVICE_PARAM]
+        chat_command,
+        GenerationConfig,
+        before=[_RUN, _SYSTEM],
+        after=[rtl, _BASE, _DEVICE_PARAM, _DTYPE_PARAM],
     )
 
 

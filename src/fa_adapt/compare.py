@@ -13,6 +13,7 @@ from typing import Any
 
 from adapt.errors import UserError
 from adapt.runio import plot_curves, read_json, write_json, write_text
+from fa_adapt.device import dtype_record
 from fa_adapt.generation import BASE, DEFAULT_MAX_NEW_TOKENS, Target, generate_batch
 
 
@@ -145,6 +146,7 @@ def compare(
     batch_size: int = 4,
     on_batch: Callable[[int], None] | None = None,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> tuple[dict[str, list[dict[str, Any]]], list[Path]]:
     """Answer `prompts` with the base model (of the first run) and every run; write the comparison."""
     from fa_adapt.generation import load_target
@@ -157,12 +159,12 @@ def compare(
     if with_base:
         loaders.append(
             lambda: (
-                load_target(str(run_dirs[0]), base=True, device=device)
+                load_target(str(run_dirs[0]), base=True, device=device, dtype=dtype)
                 if run_dirs
-                else load_target(BASE, device=device)
+                else load_target(BASE, device=device, dtype=dtype)
             )
         )
-    loaders += [lambda r=r: load_target(str(r), device=device) for r in run_dirs]
+    loaders += [lambda r=r: load_target(str(r), device=device, dtype=dtype) for r in run_dirs]
     table = answer_table(
         loaders, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
     )
@@ -170,5 +172,6 @@ def compare(
     settings = {
         "command": "compare", "runs": [str(r) for r in run_dirs], "with_base": with_base,
         "prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+        **dtype_record(device, dtype),
     }  # fmt: skip
     return table, [*written, write_json(Path(output) / "config.json", settings)]

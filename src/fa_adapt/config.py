@@ -14,7 +14,7 @@ from typing import Any
 from adapt.errors import UserError
 from adapt.run_folder import default_run_folder
 from adapt.settings import flag_of, setting, settings_from
-from fa_adapt.device import DEVICE_HELP
+from fa_adapt.device import DEVICE_HELP, DTYPE_HELP, DTYPES, DtypeChoice
 from fa_adapt.methods import METHODS, Method, get_method
 
 # With neither --epochs nor --max-steps a run makes one pass over the data: on the packaged sample
@@ -86,6 +86,9 @@ class FinetuneConfig:
     seed: int = setting(42, "Random seed.", check="non_negative")
     quantization: str = setting("nf4", "nf4 (4-bit) or none.", choices=_quantizations)
     device: str = setting("auto", "Where to train: " + DEVICE_HELP)
+    # not `dtype`: a run folder's config.json is read by transformers too (AutoTokenizer), where
+    # "dtype" must name a torch dtype
+    compute_dtype: str = setting("auto", DTYPE_HELP, choices=lambda: list(DTYPES), flag="--dtype")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
     max_train_rows: int | None = setting(None, "Use only the first N conversations.", check="positive")
     logging_steps: int = setting(5, "Log the training loss every N steps.", check="positive")
@@ -134,6 +137,12 @@ class FinetuneConfig:
         """The registered method of this run, with its settings."""
         return get_method(self.method, self.method_settings)
 
+    def dtype_choice(self) -> DtypeChoice:
+        """The device's compute dtype for this run (`--dtype`, `fa_adapt.device.choose_dtype`)."""
+        from fa_adapt.device import choose_dtype, resolve_device
+
+        return choose_dtype(resolve_device(self.device), self.compute_dtype)
+
     def saved(self) -> dict[str, Any]:
         """The run's settings as its folder keeps them: flat, as flags are named, with the one-off
         switches of this invocation (resume, overwrite) off."""
@@ -174,9 +183,7 @@ def resolve_config(**settings: Any) -> FinetuneConfig:
         cfg.epochs = DEFAULT_EPOCHS
     if cfg.output is None:
         cfg.output = default_run_folder(f"fa-{cfg.method}")
-    from fa_adapt.device import resolve_device
-
-    resolve_device(cfg.device)  # a wrong or missing device is said before anything loads
+    cfg.dtype_choice()  # a wrong or missing device, or bf16 on a GPU without it, is said before anything loads
     if cfg.warmup_ratio is not None and not 0 <= cfg.warmup_ratio < 1:
         raise UserError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.eval_steps and cfg.save_steps and cfg.save_steps % cfg.eval_steps:

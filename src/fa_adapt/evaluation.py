@@ -14,7 +14,7 @@ from typing import Any
 
 from adapt.errors import UserError
 from fa_adapt import metrics
-from fa_adapt.device import to_device
+from fa_adapt.device import dtype_record, to_device
 from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
 
 LOSS_KEYS = ("loss", "perplexity")
@@ -184,6 +184,7 @@ def run_evaluation(
     batch_size: int = 4,
     progress: Callable[[str, int], Any] | None = None,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate `run` (a run folder or `base`) and, with `with_base`, its base model; write eval.json.
 
@@ -207,7 +208,7 @@ def run_evaluation(
     }
     answers: dict[str, list[dict[str, Any]]] = {}
     for key, as_base in [("run", False)] + ([("base", True)] if with_base and run != "base" else []):
-        target = load_target(run, base=as_base, device=device)
+        target = load_target(run, base=as_base, device=device, dtype=dtype)
         total = len(conversations) + len(prompts or [])
         bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()
         with bar as advance:
@@ -226,6 +227,7 @@ def run_evaluation(
     report["settings"] = {
         "command": "evaluate", "run": run, "data": str(data), "prompts": list(prompts or []),
         "with_base": with_base, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+        **dtype_record(device, dtype),
     }  # fmt: skip
     write_json(output, report)
     folder = Path(output).parent

@@ -327,12 +327,14 @@ class Target:
     run: Any = None  # the loaded `fa_adapt.runs.Run`, when it came from a run folder
 
 
-def load_base(model_name: str | None = None, quantization: str = "nf4", device: str = "auto") -> Target:
+def load_base(
+    model_name: str | None = None, quantization: str = "nf4", device: str = "auto", dtype: str = "auto"
+) -> Target:
     """A base model (None = the embedded Gemma 3 270M) with the ChatML tokens added (untrained rows)."""
     from fa_adapt.chatml import add_chatml_tokens
     from fa_adapt.loading import load_model, load_tokenizer
 
-    model = load_model(model_name, quantization=quantization, for_training=False, device=device)
+    model = load_model(model_name, quantization=quantization, for_training=False, device=device, dtype=dtype)
     tokenizer = load_tokenizer(model_name)
     add_chatml_tokens(tokenizer, model)
     model.eval()
@@ -340,24 +342,24 @@ def load_base(model_name: str | None = None, quantization: str = "nf4", device: 
     return Target(BASE, model, tokenizer)
 
 
-def load_target(spec: str, base: bool = False, device: str = "auto") -> Target:
+def load_target(spec: str, base: bool = False, device: str = "auto", dtype: str = "auto") -> Target:
     """`spec` is a run folder or `base` (the default base model); `base=True` gives the run's base
-    model. `device`: see `fa_adapt.device`."""
+    model. `device` and `dtype` (`--dtype`): see `fa_adapt.device`."""
     from fa_adapt.runs import load_run
 
     if spec == BASE:
-        return load_base(device=device)
+        return load_base(device=device, dtype=dtype)
     if (Path(spec) / EXPORT_MARKER).is_file():  # a merged model from `adapt export`: plain transformers
         from fa_adapt.loading import load_model, load_tokenizer
 
-        model = load_model(spec, quantization="none", for_training=False, device=device).eval()
+        model = load_model(spec, quantization="none", for_training=False, device=device, dtype=dtype).eval()
         return Target(f"merged ({Path(spec).name})", model, load_tokenizer(spec))
     if base:
         from fa_adapt.runs import read_run_config
 
         cfg = read_run_config(Path(spec))
-        return load_base(cfg.get("model"), cfg.get("quantization", "nf4"), device=device)
-    run = load_run(spec, device=device)
+        return load_base(cfg.get("model"), cfg.get("quantization", "nf4"), device=device, dtype=dtype)
+    run = load_run(spec, device=device, dtype=dtype)
     return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)
 
 

@@ -160,43 +160,46 @@ def load_model(
     name_or_path: str | None = None,
     quantization: str = "nf4",
     keep_unquantized: Callable[[Any], list[str] | None] | None = None,
-    dtype: Any = None,
+    dtype: Any = "auto",
     for_training: bool = True,
     device: Any = "auto",
 ) -> Any:
-    """Load a causal LM 4-bit NF4 (double quantization, bf16 compute) or unquantized (`"none"`).
+    """Load a causal LM 4-bit NF4 (double quantization) or unquantized (`"none"`).
 
     `keep_unquantized(config)` names the modules bitsandbytes must leave unquantized (a method's
     hook: the layers the freeze method trains). `for_training` keeps the 4-bit layers in the layout that passes gradients;
     otherwise they may use bitsandbytes' packed CPU inference layout (`PACKED_INFERENCE`).
     Gemma 2 uses eager attention: its logit softcapping is not supported by the fused kernels
     during training. `device` (`fa_adapt.device`): the model is loaded onto it, each process of a
-    multi-GPU run onto its own GPU; its compute dtype follows the hardware.
+    multi-GPU run onto its own GPU. `dtype` (`--dtype`: auto, fp32, bf16, or a torch dtype) is the
+    compute dtype of the frozen weights and of NF4 (`fa_adapt.device.choose_dtype`).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from fa_adapt.device import compute_dtype, resolve_device
+    from fa_adapt.device import as_dtype_choice, resolve_device
 
     if quantization not in QUANTIZATIONS:
         raise UserError(
             f"quantization: unknown value {quantization!r}; choose one of: {', '.join(QUANTIZATIONS)}"
         )
     where = resolve_device(device)  # a wrong --device is said before any model is built
+    choice = as_dtype_choice(where, dtype)
     config, path = model_config(name_or_path)
     kwargs: dict[str, Any] = {}
     if config.model_type == "gemma2":
         kwargs["attn_implementation"] = "eager"
-    # bf16 on GPUs that have it, fp16 before Ampere; fp32 on CPUs, where bf16 matmuls measured up to
-    # 10x slower on AVX2-only CPUs. Trainable tensors are made fp32 after the method is applied
-    # (`fa_adapt.device.upcast_trainable`), so frozen weights alone are in half precision.
-    kwargs["dtype"] = dtype or compute_dtype(where)
+    # bf16 on GPUs and bf16-capable CPUs, fp16 on GPUs before Ampere, fp32 on other CPUs (bf16
+    # matmuls measured ~10x slower than fp32 on AVX2-only CPUs). Trainable tensors are made fp32
+    # after the method is applied (`fa_adapt.device.upcast_trainable`): frozen weights alone are
+    # in half precision.
+    kwargs["dtype"] = choice.dtype
     if quantization == "nf4":
         skip_modules = keep_unquantized(config) if keep_unquantized else None
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(where),
+            bnb_4bit_compute_dtype=choice.dtype,
             llm_int8_skip_modules=["lm_head", *(skip_modules or [])],
         )
     if where.type == "cuda":  # each DDP process loads onto its own GPU, never all onto cuda:0

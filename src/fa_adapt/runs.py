@@ -46,6 +46,7 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             f" → {m['final_eval_loss']:.4f}",
             _kept_line(m),
             f"- wall time: {m['wall_time_s']:.0f} s, {m['tokens_per_second']:.0f} tokens/s",
+            _dtype_line(m),
             _gradient_line(m.get("gradient_check")),
             "",
             "![loss](loss.png)",
@@ -63,6 +64,13 @@ def _kept_line(m: dict[str, Any]) -> str:
     return line + (
         "; stopped early: the validation loss no longer improved" if m.get("stopped_early") else ""
     )
+
+
+def _dtype_line(m: dict[str, Any]) -> str:
+    """The compute dtype and why (`fa_adapt.device.choose_dtype`)."""
+    if "compute_dtype" not in m:  # a run written before --dtype existed
+        return "- compute dtype: fp32 (written before --dtype existed)"
+    return f"- compute dtype: {m['compute_dtype']} ({m['compute_dtype_reason']}); trained tensors fp32, on {m.get('cpu_kind', '?')}"
 
 
 def _gradient_line(check: dict[str, Any] | None) -> str:
@@ -136,6 +144,7 @@ def is_run_folder(folder: Path) -> bool:
 
 def run_metrics(trainer: Any, cfg: Any, stats: Any, evals: dict[str, Any], wall: float) -> dict[str, Any]:
     """metrics.json of a finished training: losses, parameter counts, data counts, speed."""
+    from fa_adapt.device import dtype_record
     from fa_adapt.params import count_parameters
 
     state = trainer.state
@@ -161,6 +170,7 @@ def run_metrics(trainer: Any, cfg: Any, stats: Any, evals: dict[str, Any], wall:
         "tokens_per_second": n_tokens * (state.epoch or 0) / max(wall, 1e-9),
         "wall_time_s": wall,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        **dtype_record(cfg.device, cfg.compute_dtype),
     }
 
 
@@ -223,9 +233,12 @@ def read_run_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_run(path: str | Path, quantization: str | None = None, device: str = "auto") -> Run:
+def load_run(
+    path: str | Path, quantization: str | None = None, device: str = "auto", dtype: str = "auto"
+) -> Run:
     """Load a run folder written by `finetune`: base model + trained parts, tokenizer, config, on
-    `device` (`fa_adapt.device`: a GPU when there is one)."""
+    `device` computing in `dtype` (`fa_adapt.device`: a GPU when there is one; bf16 where the
+    hardware has it)."""
     from fa_adapt.loading import load_model, resolve_model_path
 
     folder = Path(path)
@@ -239,6 +252,7 @@ def load_run(path: str | Path, quantization: str | None = None, device: str = "a
         keep_unquantized=method.keep_unquantized,
         for_training=False,
         device=device,
+        dtype=dtype,
     )
     tokenizer = _run_tokenizer(folder, base_path, model)
     model = method.load(model, folder, base_path)

@@ -24,6 +24,7 @@ def answer_prompt(
     seed: int = 0,
     as_json: bool = False,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> None:
     """`adapt generate`: stream one answer to stdout and its speed to stderr (or print JSON)."""
     import torch
@@ -31,7 +32,7 @@ def answer_prompt(
     as_messages(prompt)  # an empty prompt is refused before the model loads
     err = stderr_console()
     with err.status(f"loading {run}{' (base model)' if base else ''}…"):
-        target = load_target(run, base=base, device=device)
+        target = load_target(run, base=base, device=device, dtype=dtype)
     torch.manual_seed(seed)
 
     def emit(piece: str) -> None:
@@ -52,7 +53,13 @@ def answer_prompt(
 
 
 def chat(
-    run: str, settings: GenerationConfig, system: str | None, rtl: str, base: bool, device: str = "auto"
+    run: str,
+    settings: GenerationConfig,
+    system: str | None,
+    rtl: str,
+    base: bool,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> None:
     """`adapt chat`: load, then the interactive loop (`fa_adapt.chat.run_chat`)."""
     from adapt.runio import check_choice
@@ -60,7 +67,7 @@ def chat(
 
     check_choice("--rtl", rtl, RTL_MODES)
     with stderr_console().status(f"loading {run}…"):
-        target = load_target(run, base=base, device=device)
+        target = load_target(run, base=base, device=device, dtype=dtype)
     run_chat(target, system=system, rtl=rtl, **vars(settings))
 
 
@@ -81,6 +88,7 @@ def compare_runs(
     max_new_tokens: int,
     batch_size: int,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> None:
     """`adapt compare`: every prompt through the base model and each run; tables on stdout."""
     from rich.console import Console
@@ -95,7 +103,7 @@ def compare_runs(
         task = bar.add_task("answering", total=len(prompt_list) * (len(runs) + int(with_base)))
         table, written = compare(
             runs, prompt_list, output, with_base=with_base, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, on_batch=lambda n: bar.advance(task, n), device=device,
+            batch_size=batch_size, on_batch=lambda n: bar.advance(task, n), device=device, dtype=dtype,
         )  # fmt: skip
     answers = Table(title="Answers", show_lines=True)
     for label in ["prompt", *table]:
@@ -127,6 +135,7 @@ def evaluate_run(
     batch_size: int,
     as_json: bool,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> None:
     """`adapt evaluate`: held-out loss and answer metrics, eval.json, a table (or JSON) on stdout."""
     from rich.console import Console
@@ -138,7 +147,7 @@ def evaluate_run(
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))
     report = run_evaluation(
         run, data or default_heldout_path(), prompt_list, with_base=with_base, output=target_out,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, device=device,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, device=device, dtype=dtype,
     )  # fmt: skip
     if as_json:
         shown = {k: report[k] for k in ("run", "base") if k in report}

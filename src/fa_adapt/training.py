@@ -33,14 +33,18 @@ def prepare_model(cfg: FinetuneConfig) -> tuple[Any, Any, list[int], Method]:
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)
     model = load_model(
-        path, quantization=cfg.quantization, keep_unquantized=method.keep_unquantized, device=cfg.device
+        path,
+        quantization=cfg.quantization,
+        keep_unquantized=method.keep_unquantized,
+        device=cfg.device,
+        dtype=cfg.dtype_choice(),
     )
     new_ids = add_chatml_tokens(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     model = method.apply(model, new_ids)
-    upcast_trainable(model)  # half-precision frozen weights on a GPU, fp32 trained ones
+    upcast_trainable(model)  # half-precision frozen weights (GPU, bf16 CPU), fp32 trained ones
     if method.row_only_forward:
         from fa_adapt.token_rows import use_row_only_forward
 
@@ -78,10 +82,10 @@ def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh:
     the checkpoint with the best validation loss and end on its weights."""
     from transformers import TrainingArguments
 
-    from fa_adapt.device import compute_dtype, resolve_device
+    from fa_adapt.device import resolve_device
 
     device = resolve_device(cfg.device)
-    half = compute_dtype(device)
+    half = cfg.dtype_choice().name
     # halfway, rounded up: Trainer also evaluates at the last step, so with total // 2 an odd total
     # (53 on the packaged data) was evaluated twice in a row (steps 52 and 53)
     eval_steps = cfg.eval_steps or max(1, math.ceil(total_steps / 2))
@@ -122,9 +126,10 @@ def _training_arguments(cfg: FinetuneConfig, out: Path, total_steps: int, fresh:
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
         use_cpu=device.type == "cpu",
-        # mixed precision on a GPU (autocast from the fp32 trained tensors; fp16 with a loss scaler)
-        bf16=device.type == "cuda" and str(half) == "torch.bfloat16",
-        fp16=device.type == "cuda" and str(half) == "torch.float16",
+        # mixed precision (autocast from the fp32 trained tensors) on GPUs and bf16-capable CPUs;
+        # fp16 (GPUs before Ampere) with a loss scaler
+        bf16=half == "bf16",
+        fp16=half == "fp16",
     )
 
 

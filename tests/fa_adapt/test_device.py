@@ -17,7 +17,8 @@ def test_auto_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
-    assert compute_dtype(torch.device("cpu")) == torch.float32  # CPU runs keep computing in fp32
+    # fp32 on CPUs without avx512_bf16/amx_bf16, bf16 on those with (tests/fa_adapt/test_dtype.py)
+    assert compute_dtype(torch.device("cpu"), "fp32") == torch.float32
     with pytest.raises(UserError, match="--device cuda: this machine has no CUDA GPU"):
         resolve_device("cuda")
     with pytest.raises(UserError, match="--device: unknown value 'tpu'"):

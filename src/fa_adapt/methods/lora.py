@@ -36,11 +36,15 @@ class Lora(Method):
     default_lr = 1e-3
 
     def apply(self, model: Any, new_token_ids: list[int]) -> Any:
+        import torch
         from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
         s = self.settings
         check_target_modules(model, s.target_modules)
-        if getattr(model, "is_loaded_in_4bit", False):
+        if getattr(model, "is_loaded_in_4bit", False) and model.dtype == torch.float16:
+            # PEFT's recipe casts every unquantized weight to fp32, which fp16's narrow range needs;
+            # bf16 has fp32's range, so its frozen norms and 262k-row embedding stay bf16 (half the
+            # memory, and 1.2x faster steps on an AVX512-BF16 CPU)
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
