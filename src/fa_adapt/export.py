@@ -42,7 +42,9 @@ def merged_model(run_path: str | Path, device: str = "auto") -> tuple[Any, Any, 
     refusal = get_method(read_run_config(Path(run_path))["method"]).export_refusal
     if refusal:  # said before the model loads
         raise UserError(f"{run_path}: {refusal}")
-    run = load_run(run_path, quantization="none", device=device)
+    # merged in fp32 whatever the hardware computes in, then saved in the asked dtype: a bf16
+    # merge would round the weights twice
+    run = load_run(run_path, quantization="none", device=device, dtype="fp32")
     model = run.model
     if hasattr(model, "merge_and_unload"):
         with warnings.catch_warnings():  # load_run merged the ChatML rows already; PEFT says so

@@ -13,7 +13,9 @@ def _model(tiny_model_dir, method):
     from fa_adapt.methods import get_method
 
     tok = load_tokenizer(str(tiny_model_dir))
-    model = load_model(str(tiny_model_dir), quantization="none")
+    # fp32: the two forwards must agree to float rounding; bf16 (auto on CPUs with avx512_bf16)
+    # rounds the two computation orders apart by more
+    model = load_model(str(tiny_model_dir), quantization="none", dtype="fp32")
     new_ids = add_chatml_tokens(tok, model)
     torch.manual_seed(1)
     model = get_method(method).apply(model, new_ids)
