@@ -475,6 +475,8 @@ def main() -> None:
     name = "fa_adapt_train" if args.methods == ["lora"] else "fa_adapt_train_" + "_".join(args.methods)
     if args.gemma2_2b:
         name += "_gemma2_2b"
+    if args.rows != 6:  # the default run's file stays the one docs/benchmarks.md quotes
+        name += f"_rows{args.rows}"
     report(name, "fa_adapt fine-tuning: one epoch over the same rows", _table(results, best), meta)
 
 

@@ -141,11 +141,19 @@ def evaluate_command(
     ] = False,
     device: _DEVICE = "auto",
     dtype: _DTYPE = "auto",
+    chrf: Annotated[
+        bool,
+        typer.Option(
+            "--chrf/--no-chrf",
+            help="Also answer each held-out question and score the answers against the reference "
+            "answers (chrF, 0-100).",
+        ),
+    ] = True,
 ) -> None:
-    """Held-out loss/perplexity on assistant tokens, and answer metrics on --prompts; eval.json."""
+    """Held-out loss/perplexity and chrF, and answer metrics on --prompts; eval.json."""
     from fa_adapt.terminal import evaluate_run
 
-    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out, device, dtype)
+    evaluate_run(run, data, prompts, base, output, max_new_tokens, batch_size, json_out, device, dtype, chrf)
 
 
 def export_command(

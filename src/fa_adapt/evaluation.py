@@ -1,4 +1,5 @@
-"""Held-out evaluation: loss / perplexity on assistant tokens, and answer metrics on prompts.
+"""Held-out evaluation: loss / perplexity on assistant tokens, chrF of the answers to the held-out
+questions against their reference answers, and answer metrics on prompts.
 
 `evaluate()` measures one model; `evaluate_against_base()` measures a run and its base model
 the same way and reports each figure as a change against the base.
@@ -18,6 +19,7 @@ from fa_adapt.device import dtype_record, to_device
 from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
 
 LOSS_KEYS = ("loss", "perplexity")
+REFERENCE_KEYS = ("chrf",)  # answers to the held-out questions scored against their reference answers
 GENERATION_KEYS = (
     "persian_ratio",
     "repeat_3gram",
@@ -30,6 +32,7 @@ GENERATION_KEYS = (
 HIGHER_IS_BETTER = {
     "loss": False,
     "perplexity": False,
+    "chrf": True,
     "persian_ratio": True,
     "repeat_3gram": False,
     "stop_rate": True,
@@ -106,6 +109,39 @@ def heldout_loss(
         if on_batch is not None:
             on_batch(len(batch["input_ids"]))
     return total / count, count
+
+
+def heldout_questions(
+    conversations: Sequence[Sequence[dict[str, str]]],
+) -> tuple[list[list[dict[str, str]]], list[str]]:
+    """(the messages before each conversation's last assistant turn, that turn's text): the questions
+    to answer and their reference answers. Conversations without an assistant turn are left out."""
+    questions, references = [], []
+    for messages in conversations:
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is not None and any(m.get("role") == "user" for m in messages[:last]):
+            questions.append([dict(m) for m in messages[:last]])
+            references.append(messages[last]["content"])
+    return questions, references
+
+
+def reference_score(
+    target: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    tokenizer: Any = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[float, list[Answer], list[str]]:
+    """chrF of the model's greedy answers to the held-out questions against their reference answers
+    (`metrics.chrf`), the answers, and the references."""
+    model, tokenizer = unpack(target, tokenizer)
+    questions, references = heldout_questions(conversations)
+    answers = generate_batch(
+        model, questions, tokenizer=tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        on_batch=on_batch,
+    )  # fmt: skip
+    return metrics.chrf([a.answer for a in answers], references), answers, references
 
 
 def answer_metrics(answers: Sequence[Answer]) -> dict[str, float]:
@@ -185,13 +221,15 @@ def run_evaluation(
     progress: Callable[[str, int], Any] | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    chrf: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `run` (a run folder or `base`) and, with `with_base`, its base model; write eval.json.
 
     `progress(description, total)` is a context manager yielding `advance(n)` for a progress bar
-    (`adapt.console.progress`).
-    The report holds `run`, `base` (with `with_base`), `change` (run − base), the answers and
-    the settings used.
+    (`adapt.console.progress`). `chrf`: also answer the held-out questions and score the answers
+    against the references (`reference_score`).
+    The report holds `run`, `base` (with `with_base`), `change` (run − base), the answers (with
+    `chrf`, the held-out ones beside their references) and the settings used.
     """
     from adapt.runio import write_json
     from fa_adapt.data import load_conversations
@@ -206,28 +244,24 @@ def run_evaluation(
         "prompts": list(prompts or []),
         "max_new_tokens": max_new_tokens,
     }
-    answers: dict[str, list[dict[str, Any]]] = {}
+    how = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chrf": chrf}
+    answers, heldout = {}, {}
     for key, as_base in [("run", False)] + ([("base", True)] if with_base and run != "base" else []):
         target = load_target(run, base=as_base, device=device, dtype=dtype)
-        total = len(conversations) + len(prompts or [])
-        bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()
-        with bar as advance:
-            result, got = _evaluate_target(
-                target, conversations, prompts, max_new_tokens, batch_size, advance
-            )
-        report[key] = result
-        if got:
-            answers[key] = [a.to_dict() for a in got]
+        report[key], answers[key], heldout[key] = _evaluate_target(
+            key, target, conversations, prompts, how, progress
+        )
         del target
     if run == "base" and with_base:
         report["base"] = dict(report["run"])
     if "base" in report:
         report["change"] = changes(report["run"], report["base"])
-    report["answers"] = answers
+    report["answers"] = {k: v for k, v in answers.items() if v}
+    if chrf:
+        report["heldout_answers"] = heldout
     report["settings"] = {
         "command": "evaluate", "run": run, "data": str(data), "prompts": list(prompts or []),
-        "with_base": with_base, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-        **dtype_record(device, dtype),
+        "with_base": with_base, **how, **dtype_record(device, dtype),
     }  # fmt: skip
     write_json(output, report)
     folder = Path(output).parent
@@ -240,16 +274,36 @@ def run_evaluation(
     return report
 
 
-def _evaluate_target(target, conversations, prompts, max_new_tokens, batch_size, advance):
-    return evaluate(
-        target.model,
-        conversations,
-        prompts=prompts,
-        tokenizer=target.tokenizer,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        on_batch=advance,
-    )
+def _evaluate_target(
+    key: str,
+    target: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    prompts: Sequence[str] | None,
+    how: dict[str, Any],
+    progress: Callable[[str, int], Any] | None,
+) -> tuple[dict[str, float], list[dict[str, Any]], list[dict[str, Any]]]:
+    """One model's metrics, its answers to the prompts, and (with `how["chrf"]`) to the held-out questions."""
+    n_questions = len(heldout_questions(conversations)[0]) if how["chrf"] else 0
+    total = len(conversations) + len(prompts or []) + n_questions
+    bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()
+    answering = {"max_new_tokens": how["max_new_tokens"], "batch_size": how["batch_size"]}
+    heldout: list[dict[str, Any]] = []
+    with bar as advance:
+        result, got = evaluate(
+            target.model,
+            conversations,
+            prompts=prompts,
+            tokenizer=target.tokenizer,
+            on_batch=advance,
+            **answering,
+        )
+        if how["chrf"]:
+            score, answered, references = reference_score(
+                target.model, conversations, target.tokenizer, on_batch=advance, **answering
+            )
+            result["chrf"] = score
+            heldout = [dict(a.to_dict(), reference=r) for a, r in zip(answered, references, strict=True)]
+    return result, [a.to_dict() for a in got], heldout
 
 
 def report_table(report: dict[str, Any]) -> Any:
@@ -263,7 +317,7 @@ def report_table(report: dict[str, Any]) -> Any:
     if has_base:
         table.add_column("base", justify="right")
         table.add_column("change", justify="right")
-    for key in (*LOSS_KEYS, *GENERATION_KEYS):
+    for key in (*LOSS_KEYS, *REFERENCE_KEYS, *GENERATION_KEYS):
         if key not in report["run"]:
             continue
         row = [key, f"{report['run'][key]:.4f}"]

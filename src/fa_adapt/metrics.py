@@ -4,7 +4,9 @@ The source saw its models switch to English mid-answer, repeat words, and ramble
 exactly that: the share of Persian-script letters, the rate of repeated word 3-grams, and the
 share of answers that ended on their own before the length limit. A small model that has learnt
 the chat format but not to answer copies the question back, which none of those three sees; the
-share of answer 2-grams copied from the prompt does.
+share of answer 2-grams copied from the prompt does. Whether an answer says what the reference
+answer says is measured by chrF (character n-gram F-score, sacrebleu's chrF2), the usual choice for
+morphologically rich languages such as Persian: it needs no judge model.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ def prompt_echo_rate(pairs: Iterable[tuple[str, str]], n: int = 2) -> float:
 def stop_rate(stopped: Sequence[bool]) -> float:
     """Share of answers that ended with the end token before the length limit."""
     return sum(bool(s) for s in stopped) / len(stopped) if stopped else 0.0
+
+
+def chrf(answers: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (0-100) of `answers` against one reference answer each (sacrebleu's CHRF defaults:
+    character 6-grams, beta 2, no word n-grams)."""
+    from sacrebleu.metrics import CHRF
+
+    if len(answers) != len(references):
+        raise ValueError(f"chrf: {len(answers)} answers for {len(references)} references")
+    if not answers:
+        return 0.0
+    return float(CHRF().corpus_score(list(answers), [list(references)]).score)
 
 
 def perplexity(loss: float) -> float:

@@ -41,6 +41,13 @@ def _results(folder: Path, m: dict[str, Any]) -> str:
         ),
         ("data", f"{m['train_rows']} training / {m['validation_rows']} validation conversations"),
     ]
+    if "compute_dtype" in m:
+        rows.append(
+            (
+                "compute dtype",
+                f"{m['compute_dtype']} on {m.get('cpu_kind', '?')}: {m['compute_dtype_reason']}",
+            )
+        )
     if (folder / "eval.json").is_file():
         report = read_json(folder / "eval.json")
         for key, value in sorted(report.get("run", {}).items()):

@@ -136,6 +136,7 @@ def evaluate_run(
     as_json: bool,
     device: str = "auto",
     dtype: str = "auto",
+    chrf: bool = True,
 ) -> None:
     """`adapt evaluate`: held-out loss and answer metrics, eval.json, a table (or JSON) on stdout."""
     from rich.console import Console
@@ -147,7 +148,7 @@ def evaluate_run(
     target_out = output or (Path(run) / "eval.json" if run != "base" else Path("eval.json"))
     report = run_evaluation(
         run, data or default_heldout_path(), prompt_list, with_base=with_base, output=target_out,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, device=device, dtype=dtype, chrf=chrf,
     )  # fmt: skip
     if as_json:
         shown = {k: report[k] for k in ("run", "base") if k in report}

@@ -18,8 +18,10 @@ from fa_adapt.evaluation import (
     default_heldout_path,
     evaluate,
     heldout_loss,
+    heldout_questions,
     is_improvement,
     read_prompts,
+    reference_score,
 )
 from fa_adapt.generation import Answer
 
@@ -82,6 +84,40 @@ def test_learning_lowers_heldout_loss_and_evaluate_reports_all_keys():
     assert result["tokens_per_s"] > 0
     only_loss, none = evaluate(model, CONVS, tokenizer=tok)
     assert set(only_loss) == {"loss", "perplexity"} and none == []
+
+
+def test_chrf_rises_to_100_when_the_model_learns_the_reference_answer():
+    model, tok = tiny.model_and_tokenizer(scale=1.0)
+    conversation = CONVS[0][1:]  # the user turn and its reference answer
+    before, _, _ = reference_score(model, [conversation], tokenizer=tok, max_new_tokens=20)
+    tiny.overfit(model, tok, conversation, steps=30)
+    after, answers, references = reference_score(model, [conversation], tokenizer=tok, max_new_tokens=20)
+    assert references == ["سلام، حال شما چطور است؟"] and answers[0].answer == references[0]
+    assert after == pytest.approx(100.0) and before < 50
+
+
+def test_heldout_questions_are_the_turns_before_the_last_answer():
+    multi = [
+        {"role": "user", "content": "الف"},
+        {"role": "assistant", "content": "ب"},
+        {"role": "user", "content": "پ"},
+        {"role": "assistant", "content": "ت"},
+    ]
+    no_answer = [{"role": "user", "content": "فقط سوال"}]
+    questions, references = heldout_questions([CONVS[0], multi, no_answer])
+    assert references == [CONVS[0][2]["content"], "ت"]
+    assert questions == [CONVS[0][:2], multi[:3]]
+
+
+def test_chrf_on_hand_made_answers():
+    from fa_adapt.metrics import chrf
+
+    same = ["باران می‌بارد و هوا سرد است."]
+    assert chrf(same, same) == pytest.approx(100.0)
+    assert chrf(["xyz qqq"], same) < 5 < chrf(["باران می‌بارد."], same) < 100
+    assert chrf([], []) == 0.0
+    with pytest.raises(ValueError, match="2 answers for 1 references"):
+        chrf(["a", "b"], ["a"])
 
 
 def test_answer_metrics_on_hand_made_answers():

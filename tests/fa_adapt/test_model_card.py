@@ -38,6 +38,15 @@ def test_run_evaluate_and_export_write_cards_from_their_files(tiny_model_dir, ch
     assert f"held-out loss | {report['run']['loss']:.4g}" in body  # evaluate refreshed the card
     saved = json.loads((out / "eval.json").read_text())["settings"]  # the settings it ran with
     assert saved["data"] == str(chat_jsonl) and saved["batch_size"] == 8 and saved["with_base"] is False
+    # chrF of the answers to the held-out questions, each answer kept beside its reference
+    assert 0 <= report["run"]["chrf"] <= 100 and saved["chrf"] is True
+    heldout = report["heldout_answers"]["run"]
+    assert heldout and all(a["reference"] and "answer" in a for a in heldout)
+    assert f"held-out chrf | {report['run']['chrf']:.4g}" in body
+    without = run_evaluation(
+        str(out), chat_jsonl, None, False, tmp_path / "e.json", max_new_tokens=4, chrf=False
+    )
+    assert "chrf" not in without["run"] and "heldout_answers" not in without
 
     from fa_adapt.compare import compare
 
