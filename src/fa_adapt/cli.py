@@ -123,7 +123,7 @@ def compare_command(
 def evaluate_command(
     run: Annotated[str, typer.Argument(help=_RUN_HELP)],
     data: Annotated[
-        Path | None, typer.Option(help="Held-out conversations (default: the packaged 40 Persian ones).")
+        Path | None, typer.Option(help="Held-out conversations (default: the packaged 110 Persian ones).")
     ] = None,
     prompts: Annotated[
         Path | None, typer.Option(help="Prompts to answer, one per line (adds answer metrics).")

@@ -19,7 +19,9 @@ from fa_adapt.device import dtype_record, to_device
 from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
 
 LOSS_KEYS = ("loss", "perplexity")
-REFERENCE_KEYS = ("chrf",)  # answers to the held-out questions scored against their reference answers
+# the answers to the held-out questions: chrF against their reference answers, and how many of them
+# stop on their own and copy from their question
+REFERENCE_KEYS = ("chrf", "heldout_stop_rate", "heldout_prompt_echo")
 GENERATION_KEYS = (
     "persian_ratio",
     "repeat_3gram",
@@ -33,6 +35,8 @@ HIGHER_IS_BETTER = {
     "loss": False,
     "perplexity": False,
     "chrf": True,
+    "heldout_stop_rate": True,
+    "heldout_prompt_echo": False,
     "persian_ratio": True,
     "repeat_3gram": False,
     "stop_rate": True,
@@ -43,7 +47,7 @@ HIGHER_IS_BETTER = {
 
 
 def default_heldout_path() -> Path:
-    """The packaged 40-conversation Persian held-out set."""
+    """The packaged 110-conversation Persian held-out set (fa_adapt/data/README.md)."""
     return Path(__file__).parent / "data" / "heldout_fa.jsonl"
 
 
@@ -302,6 +306,8 @@ def _evaluate_target(
                 target.model, conversations, target.tokenizer, on_batch=advance, **answering
             )
             result["chrf"] = score
+            shape = answer_metrics(answered)
+            result.update(heldout_stop_rate=shape["stop_rate"], heldout_prompt_echo=shape["prompt_echo"])
             heldout = [dict(a.to_dict(), reference=r) for a, r in zip(answered, references, strict=True)]
     return result, [a.to_dict() for a in got], heldout
 

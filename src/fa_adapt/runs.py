@@ -37,7 +37,7 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             f"# fa_adapt run: {cfg['method']}",
             "",
             f"- model: {cfg['model'] or 'Gemma 3 270M (embedded default)'} ({cfg['quantization']})",
-            f"- data: {cfg['data'] or 'packaged Persian sample'}: {m['train_rows']} train / {m['validation_rows']} validation rows"
+            f"- data: {_data_name(cfg)}: {m['train_rows']} train / {m['validation_rows']} validation rows"
             f" ({m['data']['bad_rows']} bad rows skipped, {m['data']['truncated']} truncated, "
             f"{m['data']['skipped_too_long']} too long)",
             f"- steps: {m['steps']} (epochs {m['epochs']:.2f}), lr {cfg['lr']}, batch {cfg['batch_size']}x{cfg['grad_accum']}",
@@ -53,6 +53,18 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _data_name(cfg: dict[str, Any]) -> str:
+    """Where the rows came from, and how many of them a run used (`--max-train-rows`)."""
+    if cfg["data"]:
+        limit = cfg.get("max_train_rows")
+        return cfg["data"] + (f" (its first {limit} conversations, --max-train-rows)" if limit else "")
+    from fa_adapt.data import default_data_path
+
+    total = sum(1 for line in default_data_path().open(encoding="utf-8") if line.strip())
+    used = min(cfg.get("max_train_rows") or total, total)
+    return f"packaged Persian data (the first {used} of its {total} conversations, --max-train-rows)"
 
 
 def _kept_line(m: dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ def test_run_evaluate_and_export_write_cards_from_their_files(tiny_model_dir, ch
     assert saved["data"] == str(chat_jsonl) and saved["batch_size"] == 8 and saved["with_base"] is False
     # chrF of the answers to the held-out questions, each answer kept beside its reference
     assert 0 <= report["run"]["chrf"] <= 100 and saved["chrf"] is True
+    assert 0 <= report["run"]["heldout_stop_rate"] <= 1 and 0 <= report["run"]["heldout_prompt_echo"] <= 1
     heldout = report["heldout_answers"]["run"]
     assert heldout and all(a["reference"] and "answer" in a for a in heldout)
     assert f"held-out chrf | {report['run']['chrf']:.4g}" in body
