@@ -129,11 +129,6 @@ def dtype_record(device: str = "auto", dtype: str = "auto") -> dict[str, str]:
     return {**choose_dtype(resolve_device(device), dtype).record(), "cpu_kind": cpu_kind()}
 
 
-def compute_dtype(device: Any, requested: str | None = "auto") -> Any:
-    """The torch dtype `choose_dtype` picks for `device`."""
-    return choose_dtype(device, requested).dtype
-
-
 def upcast_trainable(model: Any) -> int:
     """Keep every trainable tensor in fp32 (the freeze layers and ChatML rows included); returns how
     many were cast. Mixed precision then computes in half precision from fp32 weights."""

@@ -13,12 +13,12 @@ from adapt.errors import UserError
 def test_auto_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
     import torch
 
-    from fa_adapt.device import compute_dtype, resolve_device
+    from fa_adapt.device import choose_dtype, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
     # fp32 on CPUs without avx512_bf16/amx_bf16, bf16 on those with (tests/fa_adapt/test_dtype.py)
-    assert compute_dtype(torch.device("cpu"), "fp32") == torch.float32
+    assert choose_dtype(torch.device("cpu"), "fp32").dtype == torch.float32
     with pytest.raises(UserError, match="--device cuda: this machine has no CUDA GPU"):
         resolve_device("cuda")
     with pytest.raises(UserError, match="--device: unknown value 'tpu'"):
