@@ -3,7 +3,9 @@
     python bench/gpu_check.py [--steps 40] [--device cuda] [--model PATH_OR_ID]
 
 For each method (prompt, lora, freeze): `finetune` for `--steps` optimizer steps, then `generate`,
-`evaluate` (held-out loss) and `export` (lora and freeze) of the run, all on the device. With two
+`evaluate` (held-out loss, and chrF and stop rate of the answers to `--heldout`) and `export` (lora
+and freeze) of the run, all on the device. Each row also says which compute dtype auto chose, how many
+trainable groups got a gradient at the first step, and (lora) how many LoRA-B matrices moved off zero. With two
 or more GPUs, a 2-process DDP LoRA run through `torchrun` follows. Prints a table (tokens/s, peak
 GPU memory, losses, seconds per stage) and writes bench/results/gpu_check.json with the card's
 name. `--device cpu --steps 2` runs the same path on a CPU as a smoke test of the script.
@@ -40,7 +42,28 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def check_method(method: str, model: str | None, steps: int, device: str, work: Path) -> dict[str, Any]:
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _grad_groups(metrics: dict[str, Any]) -> str:
+    """How many trainable groups got a gradient at the first step, and the smallest norm."""
+    norms = (metrics.get("gradient_check") or {}).get("first_step_grad_norms") or {}
+    return f"{len(norms)} ({min(norms.values()):.2g})" if norms else "not run"
+
+
+def _lora_b_moved(run: Path) -> str:
+    """LoRA-B starts at zero: how many of the saved LoRA-B matrices training moved off it."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    b = [t for name, t in tensors.items() if "lora_B" in name]
+    return f"{sum(int(t.abs().max() > 0) for t in b)}/{len(b)}"
+
+
+def check_method(
+    method: str, model: str | None, steps: int, device: str, work: Path, heldout: str | None = None
+) -> dict[str, Any]:
     """Train, generate, evaluate and export one method; the row of the table."""
     from fa_adapt import finetune
     from fa_adapt.evaluation import default_heldout_path, run_evaluation
@@ -60,8 +83,10 @@ def check_method(method: str, model: str | None, steps: int, device: str, work: 
     target = load_target(str(out), device=device)
     answer = generate(target.model, "ملکه الیزابت کیست؟", tokenizer=target.tokenizer, max_new_tokens=64)
     generate_s = time.perf_counter() - started
-    report_ = run_evaluation(str(out), default_heldout_path(), None, with_base=False,
-                             output=out / "eval.json", batch_size=8, device=device)  # fmt: skip
+    started = time.perf_counter()
+    report_ = run_evaluation(str(out), heldout or default_heldout_path(), None, with_base=False, output=out / "eval.json",
+                             max_new_tokens=128, batch_size=16, device=device)  # fmt: skip
+    evaluate_s = time.perf_counter() - started
     exported = None
     if method != "prompt":
         started = time.perf_counter()
@@ -71,13 +96,19 @@ def check_method(method: str, model: str | None, steps: int, device: str, work: 
         "method": method,
         "steps": metrics["steps"],
         "validation loss": f"{metrics['initial_eval_loss']:.3f} → {metrics['final_eval_loss']:.3f}",
+        "dtype": metrics.get("compute_dtype"),
+        "grad groups (min norm)": _grad_groups(metrics),
+        "LoRA-B moved": _lora_b_moved(out) if method == "lora" else None,
         "held-out loss": round(report_["run"]["loss"], 3),
+        "chrF": _rounded(report_["run"].get("chrf")),
+        "stop rate": _rounded(report_["run"].get("heldout_stop_rate"), 2),
         "train tokens/s": round(metrics["tokens_per_second"]),
         "train s": round(train_s, 1),
         "peak GPU GiB": train_peak,
         "answer tokens/s": round(answer.tokens / max(answer.seconds, 1e-9), 1),
         "answer stopped": answer.stopped,
         "generate s": round(generate_s, 1),
+        "evaluate s": round(evaluate_s, 1),
         "export s": exported,
     }
 
@@ -110,6 +141,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default=None, help="default: the embedded Gemma 3 270M")
+    parser.add_argument("--heldout", default=None, help="held-out JSONL (default: the packaged 110)")
     args = parser.parse_args()
     from adapt.quiet import quiet_libraries
 
@@ -121,7 +153,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
         rows = [
-            check_method(m, args.model, args.steps, args.device, work) for m in ("prompt", "lora", "freeze")
+            check_method(m, args.model, args.steps, args.device, work, args.heldout)
+            for m in ("prompt", "lora", "freeze")
         ]
         if args.device.startswith("cuda") and torch.cuda.device_count() >= 2:
             rows.append(check_ddp(args.model, args.steps, work))
@@ -131,6 +164,7 @@ def main() -> None:
         "machine": machine(args.device),
         "steps": args.steps,
         "model": args.model or "embedded Gemma 3 270M (NF4)",
+        "heldout": args.heldout or "packaged (110 conversations)",
     }
     report("gpu_check", f"GPU check on {meta['machine'].get('gpu') or args.device}", rows, meta)
 

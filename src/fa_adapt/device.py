@@ -32,9 +32,7 @@ def resolve_device(spec: str | None = "auto") -> Any:
 
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return _cuda_device(spec, "") if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
     kind, _, index = spec.partition(":")
@@ -42,9 +40,24 @@ def resolve_device(spec: str | None = "auto") -> Any:
         raise UserError(f"--device: unknown value {spec!r}; choose auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise UserError(f"--device {spec}: this machine has no CUDA GPU (torch sees none); use --device cpu")
+    return _cuda_device(spec, index)
+
+
+def _cuda_device(spec: str, index: str) -> Any:
+    """cuda:`index`, or without one the GPU of this process's `LOCAL_RANK` (torchrun sets it)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if not index and int(os.environ.get("LOCAL_RANK", "0")) >= count:
+        # torchrun --nproc_per_node larger than the GPU count: say so instead of CUDA's
+        # "invalid device ordinal" from deep inside the model load
+        raise UserError(
+            f"--device {spec}: this is process LOCAL_RANK={os.environ['LOCAL_RANK']} of a launch with more "
+            f"processes than this machine's {count} GPU(s); launch at most {count} per node, or use --device cpu"
+        )
     n = int(index or os.environ.get("LOCAL_RANK", "0"))
-    if n >= torch.cuda.device_count():
-        raise UserError(f"--device {spec}: there are only {torch.cuda.device_count()} GPUs (cuda:0..)")
+    if n >= count:
+        raise UserError(f"--device {spec}: there are only {count} GPUs (cuda:0..)")
     return torch.device("cuda", n)
 
 

@@ -25,6 +25,25 @@ def test_auto_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
         resolve_device("tpu")
 
 
+def test_more_torchrun_processes_than_gpus_is_one_line(monkeypatch):
+    # seen on a 1-GPU H100 (2026-11-26): `torchrun --nproc_per_node 2` failed in rank 1 with CUDA's
+    # "invalid device ordinal" from inside the model load. The GPU count is the one thing faked here.
+    import torch
+
+    from fa_adapt.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(
+        UserError, match="LOCAL_RANK=1 of a launch with more processes than this machine's 1 GPU"
+    ):
+        resolve_device("auto")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is taken as asked
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+
+
 @pytest.mark.parametrize(
     "args",
     [

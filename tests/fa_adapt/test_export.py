@@ -29,9 +29,9 @@ def _train(method, tiny_model_dir, chat_jsonl, out, quantization="none"):
 def _logits(model, tok, text):
     import torch
 
-    ids = torch.tensor([tok(text)["input_ids"]])
+    ids = torch.tensor([tok(text)["input_ids"]], device=model.device)  # auto is cuda on a GPU
     with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+        return model(input_ids=ids).logits.float().cpu()
 
 
 @pytest.mark.parametrize("method", ["lora", "freeze"])

@@ -95,7 +95,9 @@ def test_finetune_writes_run_and_loads_back(tiny_model_dir, chat_jsonl, tmp_path
     # trained ChatML rows are merged for inference (unmerged, each forward copies the embedding)
     token_layers = [m for m in run.model.modules() if isinstance(m, TrainableTokensLayer)]
     assert all(m.merged for m in token_layers) and (token_layers or method != "lora")
-    ids = torch.tensor([run.tokenizer("<|im_start|>user\nسلام<|im_end|>\n")["input_ids"]])
+    ids = torch.tensor(
+        [run.tokenizer("<|im_start|>user\nسلام<|im_end|>\n")["input_ids"]], device=run.model.device
+    )
     with torch.no_grad():
         logits = run.model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
@@ -107,7 +109,7 @@ def test_finetune_writes_run_and_loads_back(tiny_model_dir, chat_jsonl, tmp_path
     _, val = D.split_train_validation(rows, 42)
     from fa_adapt.collator import ChatCollator
 
-    batch = ChatCollator(run.tokenizer.pad_token_id)(val)
+    batch = {k: v.to(run.model.device) for k, v in ChatCollator(run.tokenizer.pad_token_id)(val).items()}
     with torch.no_grad():
         loss = run.model(**batch).loss.item()
     assert loss == pytest.approx(metrics["final_eval_loss"], rel=0.02)

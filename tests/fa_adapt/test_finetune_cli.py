@@ -41,8 +41,8 @@ def test_torchrun_two_processes(tiny_model_dir, chat_jsonl, tmp_path):
     script = (
         "from fa_adapt import finetune; "
         f"finetune(method='lora', model={str(tiny_model_dir)!r}, data={str(chat_jsonl)!r}, "
-        f"output={str(out)!r}, quantization='none', max_steps=3, batch_size=2, logging_steps=1)"
-    )
+        f"output={str(out)!r}, quantization='none', max_steps=3, batch_size=2, logging_steps=1, device='cpu')"
+    )  # device='cpu': two CPU processes (gloo) run anywhere, a 1-GPU machine too
     runner = tmp_path / "run_ddp.py"
     runner.write_text(script)
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -43,7 +43,9 @@ def test_row_only_forward_matches_peft(tiny_model_dir, chat_jsonl, method):
         model.eval()  # no dropout: the two passes must see the same function
         convs, _ = D.load_conversations(chat_jsonl)
         rows = D.tokenize_conversations(tok, convs, 160, D.DataStats())[:4]
-        loss, _ = labeled_loss(model, ChatCollator(tok.pad_token_id)(rows))
+        loss, _ = labeled_loss(
+            model, {k: v.to(model.device) for k, v in ChatCollator(tok.pad_token_id)(rows).items()}
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss.item(), grads))

@@ -44,7 +44,9 @@ def test_a_rising_validation_loss_keeps_the_best_step_and_stops_early(tiny_model
     rows = D.tokenize_conversations(run.tokenizer, convs, 160, D.DataStats())
     _, val = D.split_train_validation(rows, 42)
     with torch.no_grad():
-        loss = run.model(**ChatCollator(run.tokenizer.pad_token_id)(val)).loss.item()
+        loss = run.model(
+            **{k: v.to(run.model.device) for k, v in ChatCollator(run.tokenizer.pad_token_id)(val).items()}
+        ).loss.item()
     assert loss == pytest.approx(m["final_eval_loss"], rel=0.02)
 
 
@@ -119,7 +121,7 @@ def test_prompt_tuning_can_start_from_a_persian_instruction(tiny_model_dir):
     ids = load_tokenizer(str(tiny_model_dir))(text, add_special_tokens=False)["input_ids"][:4]
     soft = tuned.prompt_encoder["default"].embedding.weight
     with torch.no_grad():  # the text's input embeddings as the model sees them (Gemma scales by sqrt(d))
-        words = tuned.get_base_model().get_input_embeddings()(torch.tensor(ids))
+        words = tuned.get_base_model().get_input_embeddings()(torch.tensor(ids, device=soft.device))
     assert torch.equal(soft.detach(), words)
 
 
