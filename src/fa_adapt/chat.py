@@ -60,6 +60,7 @@ def run_chat(
 
     console = console or Console()
     read = read or (lambda prompt: console.input(prompt))
+    system = target.system if system is None else system  # a run's --system-prompt by default
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     console.print(f"[dim]{HELP}[/dim]")
     while True:

@@ -29,6 +29,17 @@ def generation_prompt() -> str:
     return f"{IM_START}assistant\n"
 
 
+def with_system(conversations: Sequence[Sequence[Message]], system: str | None) -> list[list[Message]]:
+    """`conversations` with a system message first in each that has none (unchanged without `system`).
+
+    Training with `adapt finetune --system-prompt` and evaluating that run both go through here, so
+    the run is scored in the format it was trained on."""
+    if not system:
+        return [list(c) for c in conversations]
+    return [list(c) if c and c[0]["role"] == "system" else [{"role": "system", "content": system}, *c]
+            for c in conversations]  # fmt: skip
+
+
 def render(messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
     """Render a conversation (list of `{role, content}`) as ChatML text."""
     text = "".join(render_turn(m["role"], m["content"]) for m in messages)

@@ -55,6 +55,7 @@ def answer_table(
             target.model,
             list(prompts),
             tokenizer=target.tokenizer,
+            system=target.system,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             on_batch=on_batch,

@@ -101,6 +101,12 @@ class FinetuneConfig:
         check="positive",
         default_text=f"all; of the packaged data, its first {PACKAGED_DEFAULT_ROWS}",
     )
+    system_prompt: str | None = setting(
+        None,
+        "A system message put first in every training conversation that has none; the run then "
+        "answers with it unless --system overrides it.",
+        default_text="none",
+    )
     logging_steps: int = setting(5, "Log the training loss every N steps.", check="positive")
     eval_steps: int | None = setting(
         None, "Evaluate every N steps.", check="positive", default_text="halfway and at the end"

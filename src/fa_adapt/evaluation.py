@@ -15,6 +15,7 @@ from typing import Any
 
 from adapt.errors import UserError
 from fa_adapt import metrics
+from fa_adapt.chatml import Message, with_system
 from fa_adapt.device import dtype_record, to_device
 from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
 
@@ -166,7 +167,7 @@ def answer_metrics(answers: Sequence[Answer]) -> dict[str, float]:
 def evaluate(
     target: Any,
     conversations: Sequence[Sequence[dict[str, str]]] | None = None,
-    prompts: Sequence[str] | None = None,
+    prompts: Sequence[str | Sequence[Message]] | None = None,
     tokenizer: Any = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
@@ -287,6 +288,12 @@ def _evaluate_target(
     progress: Callable[[str, int], Any] | None,
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[dict[str, Any]]]:
     """One model's metrics, its answers to the prompts, and (with `how["chrf"]`) to the held-out questions."""
+    if target.system:  # a run trained with --system-prompt is scored in that format
+        conversations = with_system(conversations, target.system)
+        prompts = [
+            [{"role": "system", "content": target.system}, {"role": "user", "content": p}]
+            for p in prompts or []
+        ]
     n_questions = len(heldout_questions(conversations)[0]) if how["chrf"] else 0
     total = len(conversations) + len(prompts or []) + n_questions
     bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()

@@ -325,6 +325,7 @@ class Target:
     model: Any
     tokenizer: Any
     run: Any = None  # the loaded `fa_adapt.runs.Run`, when it came from a run folder
+    system: str | None = None  # the run's `--system-prompt`: its answers use it unless told otherwise
 
 
 def load_base(
@@ -360,7 +361,8 @@ def load_target(spec: str, base: bool = False, device: str = "auto", dtype: str 
         cfg = read_run_config(Path(spec))
         return load_base(cfg.get("model"), cfg.get("quantization", "nf4"), device=device, dtype=dtype)
     run = load_run(spec, device=device, dtype=dtype)
-    return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run)
+    system = run.config.get("system_prompt")
+    return Target(f"{run.method} ({Path(spec).name})", run.model, run.tokenizer, run, system)
 
 
 EXPORT_MARKER = "adapt_export.json"  # written by fa_adapt.export into a merged-model folder

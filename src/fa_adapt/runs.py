@@ -41,6 +41,11 @@ def _summary(cfg: dict[str, Any], m: dict[str, Any]) -> str:
             f" ({m['data']['bad_rows']} bad rows skipped, {m['data']['truncated']} truncated, "
             f"{m['data']['skipped_too_long']} too long)",
             f"- steps: {m['steps']} (epochs {m['epochs']:.2f}), lr {cfg['lr']}, batch {cfg['batch_size']}x{cfg['grad_accum']}",
+            *(
+                [f"- system prompt (trained with, answered with by default): {cfg['system_prompt']}"]
+                if cfg.get("system_prompt")
+                else []
+            ),
             f"- trainable parameters: {m['trainable_params']:,} of {m['total_params']:,} ({m['trainable_percent']:.4f}%)",
             f"- validation loss: {m['initial_eval_loss'] if m['initial_eval_loss'] is None else round(m['initial_eval_loss'], 4)}"
             f" → {m['final_eval_loss']:.4f}",

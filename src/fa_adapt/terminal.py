@@ -40,7 +40,7 @@ def answer_prompt(
         sys.stdout.flush()
 
     answer = generate(
-        target.model, prompt, tokenizer=target.tokenizer, system=system,
+        target.model, prompt, tokenizer=target.tokenizer, system=target.system if system is None else system,
         stream=None if as_json else emit, **vars(settings),
     )  # fmt: skip
     if as_json:

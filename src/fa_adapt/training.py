@@ -19,6 +19,7 @@ from adapt.errors import UserError
 from adapt.runio import read_json
 from adapt.stopping import Stopped
 from fa_adapt import data as chat_data
+from fa_adapt.chatml import with_system
 from fa_adapt.config import FinetuneConfig, resolve_config
 from fa_adapt.methods import Method
 
@@ -161,6 +162,7 @@ def finetune(
         if resume_from is None:
             raise UserError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
     data = chat_data.load_conversations(cfg.data, strict=cfg.strict, limit=cfg.max_train_rows)
+    data = (with_system(data[0], cfg.system_prompt), data[1])
     main = int(os.environ.get("RANK", "0")) == 0  # the other ranks use the main rank's folder
     if resume_from is None and main:
         claim_output(out, "fa_adapt", is_run_folder, run_entries(), overwrite=cfg.overwrite)
