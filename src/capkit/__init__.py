@@ -1,4 +1,4 @@
-"""capkit: image captioning with pluggable frozen CNN encoders and three decoders.
+"""capkit: image captioning with pluggable frozen CNN encoders, decoders and decodings.
 
 Importing capkit is cheap: torch is imported only when a public entry point is used
 (module `__getattr__`).
@@ -17,6 +17,10 @@ _LAZY = {
     "TrainConfig": ("capkit.train_config", "TrainConfig"),
     "caption_images": ("capkit.captioning", "caption_images"),
     "evaluate": ("capkit.evaluation", "evaluate"),
+    # plug-ins from user code (`capkit.plugins`); the module itself imports no torch
+    "register_encoder": ("capkit.plugins", "register_encoder"),
+    "register_decoder": ("capkit.plugins", "register_decoder"),
+    "register_decoding": ("capkit.plugins", "register_decoding"),
 }
 
 __all__ = ["__version__", *_LAZY]

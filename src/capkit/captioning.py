@@ -64,10 +64,11 @@ def decoding_with(
 ) -> Decoding:
     """`base` with the settings given (not None) laid over it, checked with one-line errors naming
     the flag. Another strategy drops the base's n-gram ban, which belonged to its strategy."""
-    from capkit.decoding import STRATEGIES
+    from capkit.decoding import find_strategy, strategy_names
 
     if strategy is not None:
-        check_choice("--decoding", strategy, list(STRATEGIES))
+        if find_strategy(strategy) is None:  # registered, or offered by an entry point: accepted
+            check_choice("--decoding", strategy, strategy_names())
         if strategy != base.strategy:
             base = replace(base, strategy=strategy, no_repeat_ngram=None)
     check_positive("--beam-size", beam_size)

@@ -168,7 +168,7 @@ def caption_eval(
     out: Annotated[
         Path,
         typer.Option(
-            help="Folder for comparison.json, summary.md and one eval.json + predictions.png per model."
+            help="Folder for comparison.json, summary.md, compare.png and one eval.json + predictions.png per model."
         ),
     ] = Path("caption-eval"),
     limit: Annotated[int | None, typer.Option(help="Only the first N images of the split.")] = None,

@@ -8,6 +8,9 @@ Rules shared by all strategies: the pad, start and unknown tokens are never emit
 ends at the end token or after `max_len` words, whichever comes first. `no-repeat` bans any word
 (or, with `no_repeat_ngram=N`, any N-gram) the caption already contains — the cure for the
 "long strings of unrelated/repeated words" failure the source's transformer showed.
+
+`STRATEGIES` is keyed by the names `--decoding` accepts; `capkit.register_decoding` adds one (and a
+`capkit.decodings` entry point offers one, `capkit.plugins`).
 """
 
 from __future__ import annotations
@@ -205,6 +208,35 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+def strategy_of(
+    fn: Strategy | Callable[..., list[list[int]]],
+    default_no_repeat_ngram: int = 0,
+    description: str | None = None,
+) -> Strategy:
+    """A `Strategy` as given, or one around a search function (described by its docstring's first
+    line); a `TypeError` for anything else."""
+    if isinstance(fn, Strategy):
+        return fn
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is neither a capkit.decoding.Strategy nor a search function")
+    text = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+    return Strategy(fn, default_no_repeat_ngram, text)
+
+
+def find_strategy(name: str) -> Strategy | None:
+    """The decoding registered (or offered by a `capkit.decodings` entry point) as `name`, else None."""
+    from capkit import plugins
+
+    return plugins.find(STRATEGIES, plugins.DECODING, name, strategy_of)
+
+
+def strategy_names() -> list[str]:
+    """Every name `--decoding` accepts: the registry's and the entry points'."""
+    from capkit import plugins
+
+    return plugins.available(STRATEGIES, plugins.DECODING)
+
+
 @torch.inference_mode()
 def decode(
     decoder: Any,
@@ -222,13 +254,15 @@ def decode(
     `no_repeat_ngram=None` takes the strategy's default (1 for `no-repeat`, off otherwise);
     any N > 0 bans repeating N-grams under any strategy (e.g. beam with N=2).
     """
-    if strategy not in STRATEGIES:
-        raise UserError(f"--decoding: unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    chosen = find_strategy(strategy)
+    if chosen is None:
+        raise UserError(
+            f"--decoding: unknown strategy {strategy!r}; choose one of: {', '.join(strategy_names())}"
+        )
     if max_len < 1:
         raise UserError(f"--max-len must be at least 1, got {max_len}")
     if beam_size < 1:
         raise UserError(f"--beam-size must be at least 1, got {beam_size}")
-    chosen = STRATEGIES[strategy]
     ngram = chosen.default_no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram
     if ngram < 0:
         raise UserError(f"--no-repeat-ngram must be 0 (off) or more, got {ngram}")

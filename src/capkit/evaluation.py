@@ -183,7 +183,7 @@ def compare_and_report(
     (stdout if stdout.is_terminal else Console(width=140)).print(results_table(results))
     for note in sorted({n for r in results for n in r["notes"]}):
         console.say(f"note: {note}")
-    console.say(f"written: {out}/comparison.json, {out}/summary.md, {out}/config.json")
+    console.say(f"written: {out}/comparison.json, {out}/summary.md, {out}/compare.png, {out}/config.json")
     return results
 
 
@@ -278,8 +278,12 @@ def results_table(results: Sequence[dict[str, Any]]):
 
 
 def _write_comparison(folder: Path, results: Sequence[dict[str, Any]]) -> None:
+    """`comparison.json`, `summary.md` and `compare.png` (the scores as grouped bars) in `folder`."""
+    from capkit.plots import comparison_chart
+
     summary = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     write_json(folder / "comparison.json", summary)
+    comparison_chart(folder / "compare.png", results, TABLE_KEYS)
     notes = sorted({n for r in results for n in r["notes"]})
     first = results[0]
     text = [
@@ -291,6 +295,7 @@ def _write_comparison(folder: Path, results: Sequence[dict[str, Any]]) -> None:
         markdown_table(results).replace("| BLEU-4 |", "| BLEU-4 (sacrebleu) |"),
         "",
         *[f"- note: {n}" for n in notes],
-        "Per model: `<model>-<decoding>/eval.json` (every prediction) and `predictions.png`.",
+        "Per model: `<model>-<decoding>/eval.json` (every prediction) and `predictions.png`; the scores",
+        "as bars: `compare.png`.",
     ]
     write_text(folder / "summary.md", "\n".join(text) + "\n")

@@ -1,12 +1,15 @@
-"""The source's figures: images with captions, caption lengths, frequent words (all PNG, atomic)."""
+"""The figures: images with captions, caption lengths, frequent words, the models compared (all PNG, atomic)."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adapt.runio import atomic_path, write_json
 from capkit.data import BadImage, CaptionDataset, load_dataset, open_image
@@ -103,3 +106,56 @@ def caption_data_report(path: str | os.PathLike[str], out: str | os.PathLike[str
     )
     write_json(out / "stats.json", stats)
     return {"stats": stats, "files": [str(f) for f in [*files, out / "stats.json"]]}
+
+
+def comparison_chart(
+    path: str | os.PathLike[str], results: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> Path:
+    """Grouped bars, one group per metric and one bar per result row (model and decoding): the
+    metrics in `keys` on the left, CIDEr-D on its own axis on the right (it is not bounded by 100,
+    so on one scale it would flatten the others). A metric no row has (METEOR without Java) is left
+    out and named in the title."""
+    from capkit.metrics import METRIC_NAMES
+
+    plt = _pyplot()
+    present = [k for k in keys if any(r["metrics"].get(k) is not None for r in results)]
+    panels = [
+        p for p in ([k for k in present if k != "cider_d"], [k for k in present if k == "cider_d"]) if p
+    ]
+    panels = panels or [[]]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(11, 4.5),
+        dpi=100,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [max(len(p), 1) for p in panels]},
+    )
+    bar = 0.8 / max(len(results), 1)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, r in enumerate(results):
+            values = [r["metrics"].get(k) for k in panel]
+            ax.bar(
+                [j - 0.4 + bar * (i + 0.5) for j in range(len(panel))],
+                [float("nan") if v is None else v for v in values],  # a missing value: no bar
+                bar,
+                label=f"{r['model']} ({r['decoding']})",
+                color=f"C{i % 10}",
+            )
+        # two BLEU-4s: the COCO one (as published) and sacrebleu's, told apart
+        names = {**METRIC_NAMES, "bleu4": "BLEU-4\n(sacrebleu)"}
+        ax.set_xticks(range(len(panel)), [names[k].replace("COCO ", "") for k in panel], fontsize=8)
+        ax.set_ylabel("score ×100")
+        ax.grid(axis="y", alpha=0.3)
+        # headroom above the bars for the legend's rows (four labels a row)
+        highest = max(
+            (v for r in results for k in panel if (v := r["metrics"].get(k)) is not None), default=1
+        )
+        ax.set_ylim(0, max(highest, 1) * (1.12 + 0.1 * math.ceil(len(results) / 4)))
+    missing = [METRIC_NAMES[k] for k in keys if k not in present]
+    first = results[0] if results else {}
+    title = f"captions on {first.get('split', '?')} ({first.get('images', 0)} images)"
+    fig.suptitle(title + (f"; not computed: {', '.join(missing)}" if missing else ""))
+    if results:
+        axes[0][0].legend(fontsize=8, loc="upper center", ncol=min(len(results), 4))
+    return _save(fig, path)

@@ -43,8 +43,12 @@ def save_run(
     state: TrainState,
     data_counts: dict[str, Any],
     samples: list[dict[str, Any]],
+    feature_dim: int | None = None,
 ) -> None:
     """Write the final run folder (main process only), every file atomically.
+
+    `feature_dim` (the encoder's) is stored with the weights, so any decoder, a plug-in's too,
+    is rebuilt at its size by `load_captioner`.
 
     `config.json` marks a complete run: it is removed first and written last, so a kill at any
     moment leaves either the previous complete run, an unfinished one (`load_captioner` says so,
@@ -59,7 +63,10 @@ def save_run(
         save_file(
             {k: v.contiguous() for k, v in decoder.state_dict().items()},
             str(tmp),
-            metadata={"decoder": cfg.decoder},
+            metadata={
+                "decoder": cfg.decoder,
+                **({"feature_dim": str(feature_dim)} if feature_dim is not None else {}),
+            },
         )
     vocab.save(out / VOCAB)
     history = state.history
@@ -160,12 +167,37 @@ class Captioner:
 
 
 def load_captioner(path: str | os.PathLike[str]) -> Captioner:
-    """Load a run folder written by `adapt caption-train` (best weights)."""
-    from safetensors.torch import load_file
+    """Load a run folder written by `adapt caption-train` (best weights).
 
-    from capkit.decoders import build_decoder
+    Its decoder is looked up by name in the `capkit.decoders` registry, so a run of a plug-in
+    decoder loads once the plug-in is registered (or offered by a `capkit.decoders` entry point).
+    """
+    from capkit.decoders import build_decoder, find_decoder
 
     folder = Path(path)
+    _check_run_files(folder)
+    config = read_json(folder / CONFIG)
+    name = config["decoder"]
+    if find_decoder(name) is None:
+        from capkit import plugins
+
+        raise UserError(f"{folder}: its decoder {name!r} is not registered; {plugins.DECODER.hint(name)}")
+    vocab = Vocab.load(folder / VOCAB)
+    weights, feature_dim = _read_weights(folder / WEIGHTS)
+    decoder = build_decoder(
+        name, len(vocab), feature_dim, pad_id=vocab.pad_id, **config.get("decoder_config", {})
+    )
+    try:
+        decoder.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise UserError(
+            f"{folder / WEIGHTS}: does not match a {name} decoder ({str(err).splitlines()[0]})"
+        ) from None
+    return Captioner(config["encoder"], decoder.eval(), vocab, config, folder)
+
+
+def _check_run_files(folder: Path) -> None:
+    """A one-line `UserError` unless `folder` holds a finished run's weights, vocabulary and config."""
     missing = [f for f in (WEIGHTS, VOCAB, CONFIG) if not (folder / f).is_file()]
     if folder.is_dir() and missing and (folder / CHECKPOINT).is_file():
         raise UserError(
@@ -176,23 +208,21 @@ def load_captioner(path: str | os.PathLike[str]) -> Captioner:
         raise UserError(
             f"{folder}: not a capkit run folder (missing {', '.join(missing) if folder.is_dir() else 'the folder'})"
         )
-    config = read_json(folder / CONFIG)
-    vocab = Vocab.load(folder / VOCAB)
+
+
+def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The decoder's tensors and the encoder feature size they were trained on: stored beside
+    them, or (runs from before it was stored, the shipped default) read off the image projection."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     try:
-        weights = load_file(folder / WEIGHTS)
+        weights = load_file(file)
+        with safe_open(str(file), framework="pt") as fh:
+            stored = (fh.metadata() or {}).get("feature_dim")
     except Exception as err:
-        raise UserError(f"{folder / WEIGHTS}: cannot be read ({err})") from None
-    feature_dim = _feature_dim(weights)
-    decoder = build_decoder(
-        config["decoder"], len(vocab), feature_dim, pad_id=vocab.pad_id, **config.get("decoder_config", {})
-    )
-    try:
-        decoder.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise UserError(
-            f"{folder / WEIGHTS}: does not match a {config['decoder']} decoder ({str(err).splitlines()[0]})"
-        ) from None
-    return Captioner(config["encoder"], decoder.eval(), vocab, config, folder)
+        raise UserError(f"{file}: cannot be read ({err})") from None
+    return weights, int(stored) if stored and stored.isdigit() else _feature_dim(weights)
 
 
 def _feature_dim(weights: dict) -> int:

@@ -22,9 +22,22 @@ DATA_HELP = "Dataset folder: Flickr8k (Kaggle or original layout) or images + ca
 
 
 def _decoder_names() -> list[str]:
-    from capkit.decoders import DECODERS  # imports torch: only when help is shown or a value checked
+    # imports torch: only when help is shown or a value checked, so a decoder registered
+    # (`capkit.register_decoder`) before the command line is parsed is accepted
+    from capkit.decoders import decoder_names
 
-    return list(DECODERS)
+    return decoder_names()
+
+
+def default_lr(decoder: str) -> float:
+    """The learning rate of `decoder` when `--lr` is not given: `DEFAULT_LR` for the built-in
+    decoders, a plug-in's `default_lr` class attribute otherwise."""
+    if decoder in DEFAULT_LR:
+        return DEFAULT_LR[decoder]
+    from capkit.decoders import find_decoder
+
+    cls = find_decoder(decoder)
+    return float(cls.default_lr) if cls is not None else 1e-3
 
 
 @dataclass
@@ -44,7 +57,9 @@ class TrainConfig:
         None,
         "Learning rate.",
         check="positive",
-        default_text="by decoder: " + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()),
+        default_text="by decoder: "
+        + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items())
+        + ", a plug-in's default_lr",
     )
     seed: int = setting(0, "Random seed (split, initialisation, batch order).")
     patience: int = setting(
@@ -69,7 +84,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             check_field(f, getattr(self, f.name))
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.decoder]
+            self.lr = default_lr(self.decoder)
 
 
 def train_config_from(
@@ -89,7 +104,7 @@ def resume_command(cfg: TrainConfig) -> str:
     Every flag that differs from its default is repeated: resume refuses a different decoder,
     encoder, vocabulary or seed, and a different batch size or learning rate would change the result.
     """
-    defaults = TrainConfig(data=cfg.data, decoder=cfg.decoder, lr=DEFAULT_LR.get(cfg.decoder))
+    defaults = TrainConfig(data=cfg.data, decoder=cfg.decoder, lr=default_lr(cfg.decoder))
     args = ["adapt", "caption-train", cfg.data, "--decoder", cfg.decoder]
     for f in cli_fields(TrainConfig):
         value = getattr(cfg, f.name)

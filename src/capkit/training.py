@@ -297,7 +297,10 @@ def _finish(run: _Run) -> None:
     run.decoder.load_state_dict(run.best_weights)
     run.decoder.eval()
     samples = _samples(run.decoder, run.data, run.cfg.max_length, run.accelerator.device)
-    runs.save_run(run.out, run.cfg, run.data.vocab, run.decoder, run.state, run.data.counts, samples)
+    data = run.data
+    runs.save_run(
+        run.out, run.cfg, data.vocab, run.decoder, run.state, data.counts, samples, data.feature_dim
+    )
 
 
 def _samples(decoder: Decoder, data: _Data, max_length: int, device: torch.device) -> list[dict[str, Any]]:

