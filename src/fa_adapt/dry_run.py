@@ -74,14 +74,21 @@ def method_row(config: Any, name: str, settings: dict[str, Any]) -> dict[str, An
     }
 
 
+# The source's LoRA targets; the default is all-linear (recipe study), so without --target-modules
+# the table also shows LoRA as the source ran it, the figure its table 1.2 reports
+SOURCE_LORA_TARGETS = ["q_proj", "v_proj"]
+
+
 def parameter_table(model: str | None, methods: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """The table for `methods` on `model`'s config, with each method's settings from `settings`."""
     config, source = model_config(model)
-    return {
-        "model": source,
-        "hidden_size": config.hidden_size,
-        "rows": [method_row(config, name, settings) for name in methods],
-    }
+    rows = []
+    for name in methods:
+        rows.append(method_row(config, name, settings))
+        if name == "lora" and not settings.get("target_modules"):
+            row = method_row(config, name, {**settings, "target_modules": SOURCE_LORA_TARGETS})
+            rows.append({**row, "method": "lora (source: q/v)"})
+    return {"model": source, "hidden_size": config.hidden_size, "rows": rows}
 
 
 def show(table: dict[str, Any], as_json: bool) -> None:
