@@ -29,7 +29,8 @@ GROUPS = {
 def _assert_own_tensors_moved(method: str, probe) -> None:
     if method == "lora":
         lora_b = probe.moved("lora_B")  # zero at the start: moved means non-zero
-        assert len(lora_b) == 2 * 18 and all(v > 0 for v in lora_b.values()), lora_b
+        # all-linear (the default): q, k, v, o, gate, up and down in each of the 18 layers
+        assert len(lora_b) == 7 * 18 and all(v > 0 for v in lora_b.values()), lora_b
     elif method == "prompt":
         prompt = probe.moved("prompt_encoder")
         assert prompt and all(v > 0 for v in prompt.values()), prompt
