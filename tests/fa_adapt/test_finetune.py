@@ -23,10 +23,14 @@ def test_lora_trains_adapters_and_chatml_rows_only(tiny_model_dir):
     model, tok, new_ids, _ = _prepared(tiny_model_dir, "lora")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable), trainable
-    assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)
-    assert not any("k_proj" in n for n in trainable)
-    # r=16 on q (64→64) and v (64→32) in 2 layers, plus 2 token rows of width 64
-    lora = 2 * (16 * (64 + 64) + 16 * (64 + 32))
+    # all-linear (the default since the recipe study): every projection of the blocks, not lm_head
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert all(any(f"{proj}.lora_A" in n for n in trainable) for proj in projections)
+    assert not any("lm_head.lora" in n for n in trainable)
+    # r=16 × (in + out) of each adapted linear layer, plus 2 token rows of width 64
+    adapted = [m for n, m in model.named_modules() if n.endswith(projections) and hasattr(m, "base_layer")]
+    lora = sum(16 * (m.base_layer.in_features + m.base_layer.out_features) for m in adapted)
+    assert len(adapted) == 7 * 2  # two layers in the tiny model
     assert count_parameters(model)["trainable"] == lora + 2 * 64
     assert len(new_ids) == 2
 
