@@ -1,0 +1,23 @@
+# The recipe study of 2026-11-26 (docs/fa_adapt.md, "Answer quality: the recipe study"), as run:
+# one run after another, each trained then scored on the 110 packaged held-out conversations.
+set -e
+cd "${STUDY:-/tmp/study}"
+EV="--max-new-tokens 128 --batch-size 8"
+SYS="تو یک دستیار مفید هستی. به پرسش کاربر به فارسی، مستقیم و دقیق پاسخ بده و پرسش را تکرار نکن."
+adapt evaluate base $EV --output base.json
+train() { name=$1; shift; method=$1; shift
+  adapt finetune --method "$method" --output "$name" "$@" && adapt evaluate "$name" $EV --output "$name.json"; }
+# flags as of the study (before it, the defaults were 251 rows and --target-modules q_proj,v_proj)
+Q="--target-modules q_proj,v_proj"
+train default lora --max-train-rows 251 $Q
+train epochs2 lora --max-train-rows 251 $Q --epochs 2
+train alllinear lora --max-train-rows 251 --target-modules all-linear
+train neftune5 lora --max-train-rows 251 $Q --neftune-noise-alpha 5
+train rows600 lora --max-train-rows 600 $Q
+train rows600_lr2e3 lora --max-train-rows 600 $Q --lr 2e-3
+train rows600_alllinear lora --max-train-rows 600 --target-modules all-linear
+train rows600_system lora --max-train-rows 600 $Q --system-prompt "$SYS"
+train rows800 lora --max-train-rows 800 $Q
+train rows800_alllinear lora --max-train-rows 800 --target-modules all-linear
+train rows800_alllinear_system lora --max-train-rows 800 --target-modules all-linear --system-prompt "$SYS"
+python table.py > table.md

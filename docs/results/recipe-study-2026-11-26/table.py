@@ -1,0 +1,41 @@
+"""The recipe-study table: each run's held-out loss, chrF (with a paired-bootstrap 95% interval of its
+difference from the base model over the 110 questions), stop rate, prompt echo, training time."""
+import json, os, random
+import numpy as np
+from sacrebleu.metrics import CHRF
+S = os.environ.get("STUDY", "/tmp/study")  # the folder holding the runs and their eval JSONs
+ROWS = [
+ ("base model", "base", None),
+ ("default before the study (251 rows, q/v)", "default", "/tmp/defruns/lora"),
+ ("2 epochs", "epochs2", "epochs2"),
+ ("all-linear targets", "alllinear", "alllinear"),
+ ("NEFTune α 5", "neftune5", "neftune5"),
+ ("600 rows", "rows600", "rows600"),
+ ("600 rows, lr 2e-3", "rows600_lr2e3", "rows600_lr2e3"),
+ ("600 rows, all-linear", "rows600_alllinear", "rows600_alllinear"),
+ ("600 rows, Persian system prompt", "rows600_system", "rows600_system"),
+ ("800 rows", "rows800", "rows800"),
+ ("**800 rows, all-linear (the new default)**", "rows800_alllinear", "rows800_alllinear"),
+ ("800 rows, all-linear, Persian system prompt", "rows800_alllinear_system", "rows800_alllinear_system"),
+ ("prompt tuning, 600 rows", "prompt600", "prompt600"),
+ ("freeze, 600 rows", "freeze600", "freeze600"),
+]
+chrf = CHRF()
+def stats(key):
+    a = json.load(open(f"{S}/{key}.json"))["heldout_answers"]["run"]
+    return np.array(chrf._extract_corpus_statistics([x["answer"] for x in a], [[x["reference"] for x in a]]), dtype=float)
+def score(st, idx):
+    return chrf._compute_score_from_stats(list(st[idx].sum(axis=0))).score
+base_st = stats("base"); n = len(base_st)
+rng = random.Random(0); samples = [[rng.randrange(n) for _ in range(n)] for _ in range(1000)]
+base = json.load(open(f"{S}/base.json"))["run"]
+print("| setting | held-out loss | vs base | chrF | vs base (95% interval) | stop rate | prompt echo | train s | steps |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for label, key, run in ROWS:
+    if not os.path.exists(f"{S}/{key}.json"): continue
+    r = json.load(open(f"{S}/{key}.json"))["run"]
+    m = json.load(open(run if run.startswith("/") else f"{S}/{run}" + "/metrics.json")) if run and run.startswith("/") is False else (json.load(open(run + "/metrics.json")) if run else {})
+    st = stats(key)
+    d = sorted(score(st, i) - score(base_st, i) for i in samples)
+    ci = f"{r['chrf']-base['chrf']:+.1f} ({d[25]:+.1f} .. {d[974]:+.1f})" if key != "base" else ""
+    print(f"| {label} | {r['loss']:.3f} | {r['loss']/base['loss']:.3f}× | {r['chrf']:.1f} | {ci} | {r['heldout_stop_rate']:.2f} | {r['heldout_prompt_echo']:.3f} | {m.get('wall_time_s', 0):.0f} | {m.get('steps', '')} |")
