@@ -143,8 +143,3 @@ def load_classifier(name: str = "efficientnet_lite0") -> EfficientNetLite:
         model = EfficientNetLite(variant)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
-
-
-def load_lite0_classifier() -> EfficientNetLite:
-    """EfficientNet-Lite0 with its shipped weights (`load_classifier`'s default)."""
-    return load_classifier("efficientnet_lite0")

@@ -24,9 +24,7 @@ from torch import nn
 
 from adapt.errors import UserError
 from capkit import plugins
-
-# load_lite0_classifier: earlier code imported it from here
-from capkit.efficientnet_lite import VARIANTS, load_classifier, load_lite0_classifier  # noqa: F401
+from capkit.efficientnet_lite import VARIANTS, load_classifier
 
 IMAGE_SIZE = 224  # the torchvision backbones' input size
 

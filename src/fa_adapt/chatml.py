@@ -29,15 +29,20 @@ def generation_prompt() -> str:
     return f"{IM_START}assistant\n"
 
 
+def with_system_message(messages: Sequence[Message], system: str | None) -> list[Message]:
+    """A copy of `messages` with a `system` message first, unless there is none or it has its own."""
+    copied = [dict(m) for m in messages]
+    if system and not (copied and copied[0]["role"] == "system"):
+        copied.insert(0, {"role": "system", "content": system})
+    return copied
+
+
 def with_system(conversations: Sequence[Sequence[Message]], system: str | None) -> list[list[Message]]:
-    """`conversations` with a system message first in each that has none (unchanged without `system`).
+    """`with_system_message` of every conversation.
 
     Training with `adapt finetune --system-prompt` and evaluating that run both go through here, so
     the run is scored in the format it was trained on."""
-    if not system:
-        return [list(c) for c in conversations]
-    return [list(c) if c and c[0]["role"] == "system" else [{"role": "system", "content": system}, *c]
-            for c in conversations]  # fmt: skip
+    return [with_system_message(c, system) for c in conversations]
 
 
 def render(messages: Sequence[Message], add_generation_prompt: bool = False) -> str:

@@ -48,14 +48,14 @@ def _cuda_device(spec: str, index: str) -> Any:
     import torch
 
     count = torch.cuda.device_count()
-    if not index and int(os.environ.get("LOCAL_RANK", "0")) >= count:
+    n = int(index or os.environ.get("LOCAL_RANK", "0"))
+    if n >= count and not index:
         # torchrun --nproc_per_node larger than the GPU count: say so instead of CUDA's
         # "invalid device ordinal" from deep inside the model load
         raise UserError(
-            f"--device {spec}: this is process LOCAL_RANK={os.environ['LOCAL_RANK']} of a launch with more "
+            f"--device {spec}: this is process LOCAL_RANK={n} of a launch with more "
             f"processes than this machine's {count} GPU(s); launch at most {count} per node, or use --device cpu"
         )
-    n = int(index or os.environ.get("LOCAL_RANK", "0"))
     if n >= count:
         raise UserError(f"--device {spec}: there are only {count} GPUs (cuda:0..)")
     return torch.device("cuda", n)

@@ -17,7 +17,14 @@ from adapt.errors import UserError
 from fa_adapt import metrics
 from fa_adapt.chatml import Message, with_system
 from fa_adapt.device import dtype_record, to_device
-from fa_adapt.generation import DEFAULT_MAX_NEW_TOKENS, Answer, generate_batch, model_device, unpack
+from fa_adapt.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    Answer,
+    as_messages,
+    generate_batch,
+    model_device,
+    unpack,
+)
 
 LOSS_KEYS = ("loss", "perplexity")
 # the answers to the held-out questions: chrF against their reference answers, and how many of them
@@ -290,10 +297,7 @@ def _evaluate_target(
     """One model's metrics, its answers to the prompts, and (with `how["chrf"]`) to the held-out questions."""
     if target.system:  # a run trained with --system-prompt is scored in that format
         conversations = with_system(conversations, target.system)
-        prompts = [
-            [{"role": "system", "content": target.system}, {"role": "user", "content": p}]
-            for p in prompts or []
-        ]
+        prompts = [as_messages(p, target.system) for p in prompts or []]
     n_questions = len(heldout_questions(conversations)[0]) if how["chrf"] else 0
     total = len(conversations) + len(prompts or []) + n_questions
     bar = progress(f"evaluating {key}", total) if progress else contextlib.nullcontext()

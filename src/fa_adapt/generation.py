@@ -25,7 +25,7 @@ from typing import Any
 from adapt.errors import UserError
 from adapt.runio import check_positive
 from adapt.settings import setting
-from fa_adapt.chatml import IM_END, Message, render
+from fa_adapt.chatml import IM_END, Message, render, with_system_message
 from fa_adapt.device import to_device
 
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -52,12 +52,9 @@ class Answer:
 
 def as_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
     """A user prompt (str) or a conversation, with an optional system message put first."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = [dict(m) for m in prompt]
-    if system and not (messages and messages[0]["role"] == "system"):
-        messages.insert(0, {"role": "system", "content": system})
+    messages = with_system_message(
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt, system
+    )
     if not messages or messages[-1]["role"] != "user":
         raise UserError("prompt: the conversation must end with a user message")
     if not str(messages[-1].get("content", "")).strip():

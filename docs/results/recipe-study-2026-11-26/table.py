@@ -4,22 +4,23 @@ import json, os, random
 import numpy as np
 from sacrebleu.metrics import CHRF
 S = os.environ.get("STUDY", "/tmp/study")  # the folder holding the runs and their eval JSONs
-ROWS = [
- ("base model", "base", None),
- ("default before the study (251 rows, q/v)", "default", "/tmp/defruns/lora"),
- ("2 epochs", "epochs2", "epochs2"),
- ("all-linear targets", "alllinear", "alllinear"),
- ("NEFTune α 5", "neftune5", "neftune5"),
- ("600 rows", "rows600", "rows600"),
- ("600 rows, lr 2e-3", "rows600_lr2e3", "rows600_lr2e3"),
- ("600 rows, all-linear", "rows600_alllinear", "rows600_alllinear"),
- ("600 rows, Persian system prompt", "rows600_system", "rows600_system"),
- ("800 rows", "rows800", "rows800"),
- ("**800 rows, all-linear (the new default)**", "rows800_alllinear", "rows800_alllinear"),
- ("800 rows, all-linear, Persian system prompt", "rows800_alllinear_system", "rows800_alllinear_system"),
- ("prompt tuning, 600 rows", "prompt600", "prompt600"),
- ("freeze, 600 rows", "freeze600", "freeze600"),
+ROWS = [  # (label, key): the run folder is S/key, its scores S/key.json
+ ("base model", "base"),
+ ("default before the study (251 rows, q/v)", "default"),
+ ("2 epochs", "epochs2"),
+ ("all-linear targets", "alllinear"),
+ ("NEFTune α 5", "neftune5"),
+ ("600 rows", "rows600"),
+ ("600 rows, lr 2e-3", "rows600_lr2e3"),
+ ("600 rows, all-linear", "rows600_alllinear"),
+ ("600 rows, Persian system prompt", "rows600_system"),
+ ("800 rows", "rows800"),
+ ("**800 rows, all-linear (the new default)**", "rows800_alllinear"),
+ ("800 rows, all-linear, Persian system prompt", "rows800_alllinear_system"),
+ ("prompt tuning, 600 rows", "prompt600"),
+ ("freeze, 600 rows", "freeze600"),
 ]
+RUN_FOLDERS = {"base": None, "default": "/tmp/defruns/lora"}  # no run folder / trained elsewhere
 chrf = CHRF()
 def stats(key):
     a = json.load(open(f"{S}/{key}.json"))["heldout_answers"]["run"]
@@ -31,10 +32,11 @@ rng = random.Random(0); samples = [[rng.randrange(n) for _ in range(n)] for _ in
 base = json.load(open(f"{S}/base.json"))["run"]
 print("| setting | held-out loss | vs base | chrF | vs base (95% interval) | stop rate | prompt echo | train s | steps |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for label, key, run in ROWS:
+for label, key in ROWS:
     if not os.path.exists(f"{S}/{key}.json"): continue
     r = json.load(open(f"{S}/{key}.json"))["run"]
-    m = json.load(open(run if run.startswith("/") else f"{S}/{run}" + "/metrics.json")) if run and run.startswith("/") is False else (json.load(open(run + "/metrics.json")) if run else {})
+    run = RUN_FOLDERS.get(key, f"{S}/{key}")
+    m = json.load(open(f"{run}/metrics.json")) if run else {}
     st = stats(key)
     d = sorted(score(st, i) - score(base_st, i) for i in samples)
     ci = f"{r['chrf']-base['chrf']:+.1f} ({d[25]:+.1f} .. {d[974]:+.1f})" if key != "base" else ""
