@@ -302,3 +302,55 @@ def attention_weights(
         rows.append(state["alpha"][0].float().cpu())
         token = torch.tensor([word], device=pooled.device)
     return torch.stack(rows) if rows else torch.zeros(0, grid.shape[1])
+
+
+@dataclass
+class Samples:
+    """Captions drawn from a decoder (`sample`): row `i * samples + k` is image i's k-th draw."""
+
+    tokens: torch.Tensor  # (N, T) word ids, the end token included, pad after it
+    log_probs: torch.Tensor  # (N, T) log-probability of each drawn token, with gradients; 0 where masked
+    mask: torch.Tensor  # (N, T) 1.0 for the caption's tokens up to and including its end token
+
+
+def sample(
+    decoder: Any,
+    pooled: torch.Tensor,
+    grid: torch.Tensor | None,
+    vocab: SpecialIds,
+    samples: int = 1,
+    max_len: int = 20,
+) -> Samples:
+    """Draw `samples` captions per image from the decoder's next-word distribution (multinomial,
+    temperature 1), keeping the graph: the summed `log_probs` of a caption differentiate to its
+    score-function gradient (self-critical training, `capkit.scst`).
+
+    Through `init_state` / `step` / `reorder_state` like every decoding, so it works with every
+    decoder; the decoder's mode (dropout) is left as it is. Pad, start and unknown are never drawn;
+    a caption ends at the end token or after `max_len` steps. Uses torch's global random generator.
+    """
+    batch, device = pooled.shape[0], pooled.device
+    state = decoder.init_state(pooled, grid)
+    if samples > 1:  # the image is encoded once; its state is repeated for its draws
+        rows = torch.arange(batch, device=device).repeat_interleave(samples)
+        state = decoder.reorder_state(state, rows)
+    n = batch * samples
+    tokens = torch.full((n,), vocab.start_id, dtype=torch.long, device=device)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    drawn, log_probs, masks = [], [], []
+    for _step in range(max_len):
+        logits, state = decoder.step(tokens, state)
+        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+        banned[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = True
+        logp = logits.float().masked_fill(banned, NEG_INF).log_softmax(-1)
+        choice = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
+        tokens = torch.where(alive, choice, torch.full_like(choice, vocab.pad_id))
+        mask = alive.float()
+        drawn.append(tokens)
+        picked = logp.gather(1, choice.unsqueeze(1)).squeeze(1)  # finite: banned words are never drawn
+        log_probs.append(torch.where(alive, picked, torch.zeros_like(picked)))
+        masks.append(mask)
+        alive = alive & (tokens != vocab.end_id)
+        if not bool(alive.any()):
+            break
+    return Samples(torch.stack(drawn, 1), torch.stack(log_probs, 1), torch.stack(masks, 1))

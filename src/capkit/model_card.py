@@ -28,6 +28,15 @@ def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
             + (" (stopped early)" if metrics["stopped_early"] else ""),
         ),
     ]
+    scst = metrics.get("scst")
+    if scst:  # the weights kept are the self-critical phase's best
+        rows.append(
+            (
+                "self-critical training (validation CIDEr-D, greedy)",
+                f"{scst['initial_val_cider_d']} → {scst['best_val_cider_d']} (epoch {scst['best_epoch']} of {scst['epochs_run']}, kept)",
+            )
+        )
+    reward = "\n![reward](reward.png)\n" if scst else ""
     samples = "\n".join(
         f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |" for s in metrics["samples"]
     )
@@ -41,7 +50,7 @@ from cached features.
 {table(rows)}
 
 ![loss](loss.png)
-
+{reward}
 | image | generated (greedy) | a reference |
 |---|---|---|
 {samples}

@@ -1,7 +1,8 @@
 """Run folders: what a training run writes and `load_captioner` reads back.
 
 A run folder holds `decoder.safetensors` (best weights), `word_to_id.json`, `config.json`,
-`metrics.json`, `loss.png`, `samples.png`, `summary.md` and, while training, `checkpoint.pt`.
+`metrics.json`, `loss.png`, `samples.png`, `summary.md`, `README.md`, after self-critical training
+`reward.png`, and, while training, `checkpoint.pt`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ WEIGHTS, VOCAB, CONFIG, METRICS = "decoder.safetensors", "word_to_id.json", "con
 CHECKPOINT = "checkpoint.pt"  # while training: what `--resume` continues from (`capkit.checkpoints`)
 # what a capkit run writes into its folder: `caption-train --overwrite` deletes these and nothing else
 RUN_ENTRIES = frozenset(
-    {WEIGHTS, VOCAB, CONFIG, METRICS, "loss.png", "samples.png", "summary.md", "README.md", CHECKPOINT}
+    {
+        WEIGHTS,
+        VOCAB,
+        CONFIG,
+        METRICS,
+        "loss.png",
+        "reward.png",
+        "samples.png",
+        "summary.md",
+        "README.md",
+        CHECKPOINT,
+    }
 )
 
 
@@ -44,8 +56,12 @@ def save_run(
     data_counts: dict[str, Any],
     samples: list[dict[str, Any]],
     feature_dim: int | None = None,
+    scst: dict[str, Any] | None = None,
 ) -> None:
     """Write the final run folder (main process only), every file atomically.
+
+    `scst`: the self-critical phase's metrics (`capkit.scst.scst_metrics`), when it ran: they go
+    into metrics.json under "scst" and its curves into `reward.png`.
 
     `feature_dim` (the encoder's) is stored with the weights, so any decoder, a plug-in's too,
     is rebuilt at its size by `load_captioner`.
@@ -55,8 +71,6 @@ def save_run(
     and `--resume` finishes it from `checkpoint.pt`), or the new complete run, never a mix.
     """
     from safetensors.torch import save_file
-
-    from capkit.plots import samples_figure
 
     (out / CONFIG).unlink(missing_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
@@ -80,23 +94,58 @@ def save_run(
         "history": history,
         "data": data_counts,
         "samples": samples,
+        **({"scst": scst} if scst else {}),
     }
     write_json(out / METRICS, metrics)
+    _write_figures(out, cfg.decoder, metrics)
+    write_text(out / "summary.md", _summary(out, cfg, metrics))
+    from capkit.model_card import write_run_card
+
+    write_run_card(out, cfg, metrics)
+    write_json(out / CONFIG, asdict(cfg))  # last: its presence marks a complete run
+
+
+def _write_figures(out: Path, decoder: str, metrics: dict[str, Any]) -> None:
+    """`loss.png`, `samples.png` and, after self-critical training, `reward.png`."""
+    from capkit.plots import samples_figure
+
+    history, scst = metrics["history"], metrics.get("scst")
+    if scst:
+        _reward_figure(out / "reward.png", scst, decoder)
+    else:  # a resumed run never leaves another phase's curve behind
+        (out / "reward.png").unlink(missing_ok=True)
     plot_curves(
         out / "loss.png",
         {
             "train": [(h["epoch"], h["train_loss"]) for h in history],
             "validation": [(h["epoch"], h["val_loss"]) for h in history],
         },
-        f"{cfg.decoder} decoder: loss per epoch",
+        f"{decoder} decoder: loss per epoch",
         xlabel="epoch",
     )
-    samples_figure(out / "samples.png", samples, f"{cfg.decoder} decoder on validation images (greedy)")
-    write_text(out / "summary.md", _summary(out, cfg, metrics))
-    from capkit.model_card import write_run_card
+    samples_figure(
+        out / "samples.png", metrics["samples"], f"{decoder} decoder on validation images (greedy)"
+    )
 
-    write_run_card(out, cfg, metrics)
-    write_json(out / CONFIG, asdict(cfg))  # last: its presence marks a complete run
+
+def _reward_figure(path: Path, scst: dict[str, Any], decoder: str) -> None:
+    """`reward.png`: per self-critical epoch, the mean reward of the sampled captions and of the
+    greedy ones (training images), and the validation CIDEr-D, from the cross-entropy start (epoch 0)."""
+    history = scst["history"]
+    plot_curves(
+        path,
+        {
+            "sampled captions, training images (mean reward)": [
+                (h["epoch"], h["reward_sampled"]) for h in history
+            ],
+            "greedy captions, training images (reward)": [(h["epoch"], h["reward_greedy"]) for h in history],
+            "validation CIDEr-D (greedy)": [(0, scst["initial_val_cider_d"])]
+            + [(h["epoch"], h["val_cider_d"]) for h in history],
+        },
+        f"{decoder} decoder: self-critical training",
+        xlabel="self-critical epoch",
+        ylabel="CIDEr-D ×100",
+    )
 
 
 def _summary(out: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> str:
@@ -108,6 +157,7 @@ def _summary(out: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> str:
         f"- data: `{cfg.data}` ({data['train_examples']} training / {data['val_examples']} validation captions, {data['vocab_size']} words)",
         f"- best validation loss {metrics['best_val_loss']} at epoch {metrics['best_epoch']} of {metrics['epochs_run']} (untrained: {metrics['initial_val_loss']})",
         f"- training time {metrics['train_seconds']} s; skipped: {data['skipped'] or 'nothing'}, unreadable images {data['corrupt_images']}",
+        *_scst_lines(metrics.get("scst")),
         "",
         "| image | generated | a reference |",
         "|---|---|---|",
@@ -119,6 +169,18 @@ def _summary(out: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> str:
         f"Load it with `capkit.load_captioner({str(out)!r})`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _scst_lines(scst: dict[str, Any] | None) -> list[str]:
+    """summary.md's line on self-critical training, when it ran."""
+    if not scst:
+        return []
+    start = f" from `{scst['init_from']}`" if scst["init_from"] else ""
+    return [
+        f"- self-critical training{start}: validation CIDEr-D {scst['initial_val_cider_d']} → "
+        f"{scst['best_val_cider_d']} (epoch {scst['best_epoch']} of {scst['epochs_run']}, kept; "
+        f"{scst['train_seconds']} s); see reward.png"
+    ]
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Train a caption decoder on cached encoder features, with accelerate (one or many processes).
 
-Features are computed once (see `capkit.features`), so an epoch only runs the decoder. Batches
-are drawn from a permutation seeded by (seed, epoch) and dropout is reseeded per epoch, so a run
-resumed from its end-of-epoch checkpoint reaches exactly the state an uninterrupted run reaches.
+Cross-entropy epochs first, then, with `--scst-epochs`, self-critical ones (`capkit.scst`) from
+the best cross-entropy weights; `--init-from RUN` skips the first phase and starts the second
+from a finished run. Features are computed once (see `capkit.features`), so an epoch only runs
+the decoder. Batches are drawn from a permutation seeded by (seed, epoch) and dropout is reseeded
+per epoch, so a run resumed from its end-of-epoch checkpoint reaches exactly the state an
+uninterrupted run reaches.
 Only the main process writes files. SIGINT and SIGTERM stop a run at once (`adapt.stopping`):
 the last checkpoint is kept and `Stopped` says how to resume.
 """
@@ -23,8 +26,8 @@ from adapt import console
 from adapt.errors import UserError
 from adapt.run_folder import claim_output, default_run_folder, run_lock
 from adapt.stopping import Stopped, raising_signals, signum_of
-from capkit import runs
-from capkit.checkpoints import TrainState, kept_epoch, read_checkpoint, save_checkpoint
+from capkit import runs, scst
+from capkit.checkpoints import TrainState, kept_stage, read_checkpoint, save_checkpoint
 from capkit.data import ImageRecord, load_dataset
 from capkit.decoders import Decoder, build_decoder
 from capkit.decoding import decode
@@ -43,6 +46,7 @@ class _Data:
     feature_dim: int
     train_set: Examples
     val_set: Examples
+    train_records: list[ImageRecord]
     val_records: list[ImageRecord]
     row_of: dict[Path, int]  # an image's row in the feature tensors (unreadable ones left out)
     counts: dict[str, Any]  # for metrics.json
@@ -61,6 +65,9 @@ class _Run:
     state: TrainState
     best_weights: dict[str, torch.Tensor]
     log: Callable[[str], Any]
+    # a checkpoint taken during self-critical training: its state and optimizer (`capkit.scst`)
+    resumed_scst: dict[str, Any] | None = None
+    scst_state: scst.ScstState | None = None  # the self-critical phase's state once it has run
 
     @property
     def main(self) -> bool:
@@ -87,6 +94,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
             with run_lock(run.out, enabled=run.main):  # refuses a second run into the same folder
                 while not run.state.finished and run.state.epoch < cfg.epochs:
                     _train_epoch(run)
+                scst.run_phase(run)
                 if run.main:
                     _finish(run)
         except KeyboardInterrupt as interrupt:  # StopSignal (SIGINT, SIGTERM) or a plain Ctrl-C
@@ -121,9 +129,10 @@ def _open_folder(cfg: TrainConfig, accelerator: Any, resume: bool, overwrite: bo
     cfg.output = str(names[0])
     if resume:
         return read_checkpoint(cfg, _log_for(accelerator))
+    start = scst.start_checkpoint(cfg) if cfg.init_from else None  # before --overwrite clears anything
     if accelerator.is_main_process:
         claim_output(Path(cfg.output), "capkit", runs.is_run_folder, runs.RUN_ENTRIES, overwrite=overwrite)
-    return None
+    return start
 
 
 def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | None) -> _Run:
@@ -135,17 +144,22 @@ def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | Non
         cfg.decoder, len(data.vocab), data.feature_dim, pad_id=data.vocab.pad_id, **cfg.decoder_config
     )
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    resumed_scst = None
     if checkpoint:
         decoder.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scst") is not None:  # the optimizer is the self-critical phase's
+            resumed_scst = {"state": checkpoint["scst"], "optimizer": checkpoint["optimizer"]}
+        elif "optimizer" in checkpoint:  # not in --init-from's start
+            optimizer.load_state_dict(checkpoint["optimizer"])
         state = TrainState.from_checkpoint(checkpoint, cfg.patience)
         best_weights = checkpoint["best_model"]
-        log(f"resuming {cfg.output} after epoch {state.epoch}")
+        start = f"starting from {checkpoint['init_from']}" if "init_from" in checkpoint else "resuming"
+        log(f"{start} {cfg.output} after epoch {state.epoch}")
     else:
         state = TrainState()
         best_weights = {k: v.clone() for k, v in decoder.state_dict().items()}
     model, optimizer = accelerator.prepare(_TrainingLoss(decoder), optimizer)
-    run = _Run(cfg, accelerator, data, decoder, model, optimizer, state, best_weights, log)
+    run = _Run(cfg, accelerator, data, decoder, model, optimizer, state, best_weights, log, resumed_scst)
     if run.main:
         run.out.mkdir(parents=True, exist_ok=True)
         counts = data.counts
@@ -157,6 +171,8 @@ def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | Non
         state.initial_val_loss = round(
             evaluate_loss(decoder, data.val_set, EVAL_BATCH, accelerator.device), 5
         )
+    elif not math.isfinite(state.best_val):  # --init-from a run without metrics.json (the shipped default)
+        state.best_val = round(evaluate_loss(decoder, data.val_set, EVAL_BATCH, accelerator.device), 5)
     return run
 
 
@@ -196,7 +212,7 @@ def _load_data(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | 
         "val_examples": len(val_set),
         "vocab_size": len(vocab),
     }
-    return _Data(vocab, encoder.feature_dim, train_set, val_set, val_records, row_of, counts)
+    return _Data(vocab, encoder.feature_dim, train_set, val_set, train_records, val_records, row_of, counts)
 
 
 def _train_epoch(run: _Run) -> None:
@@ -288,8 +304,12 @@ class _TrainingLoss(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-        return self.decoder.loss(pooled, grid, captions)["loss"]
+    def forward(self, *inputs: torch.Tensor, objective: Callable[..., Any] | None = None) -> Any:
+        """The cross-entropy loss of (pooled, grid, captions), or `objective(decoder, *inputs)`
+        (self-critical training's `capkit.scst.Objective`)."""
+        if objective is not None:
+            return objective(self.decoder, *inputs)
+        return self.decoder.loss(*inputs)["loss"]
 
 
 def _finish(run: _Run) -> None:
@@ -298,8 +318,17 @@ def _finish(run: _Run) -> None:
     run.decoder.eval()
     samples = _samples(run.decoder, run.data, run.cfg.max_length, run.accelerator.device)
     data = run.data
+    scst_metrics = scst.scst_metrics(run.scst_state, run.cfg) if run.scst_state is not None else None
     runs.save_run(
-        run.out, run.cfg, data.vocab, run.decoder, run.state, data.counts, samples, data.feature_dim
+        run.out,
+        run.cfg,
+        data.vocab,
+        run.decoder,
+        run.state,
+        data.counts,
+        samples,
+        data.feature_dim,
+        scst_metrics,
     )
 
 
@@ -329,6 +358,6 @@ def _stop_message(cfg: TrainConfig) -> str:
             f"stopped before the first epoch ended; nothing to resume in {cfg.output} (run the command again)"
         )
     return (
-        f"stopped; the checkpoint after epoch {kept_epoch(path)} is kept in {path}. Resume with:\n"
+        f"stopped; the checkpoint after {kept_stage(path)} is kept in {path}. Resume with:\n"
         f"  {resume_command(cfg)}"
     )
