@@ -204,7 +204,9 @@ def _measure(max_batch: int, args: argparse.Namespace) -> tuple[list[dict[str, A
     import httpx
 
     server = Server(args.run, max_batch, args.threads)
-    print(f"[{time.strftime('%H:%M:%S')}] {server.label}: starting `adapt serve {args.run}` …", file=sys.stderr)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {server.label}: starting `adapt serve {args.run}` …", file=sys.stderr
+    )
     try:
         ready_s = server.wait_ready()
         model = httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
@@ -231,15 +233,21 @@ def _measure(max_batch: int, args: argparse.Namespace) -> tuple[list[dict[str, A
 
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="base", help="what `adapt serve` serves (default: base, the embedded 270M)")
+    ap.add_argument(
+        "--run", default="base", help="what `adapt serve` serves (default: base, the embedded 270M)"
+    )
     ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrent clients (default 1,4,16)")
     ap.add_argument("--seconds", type=float, default=60, help="closed-loop time per level (default 60)")
     ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request (default 32)")
-    ap.add_argument("--max-batch", type=int, default=16, help="--max-batch of the batching-on server (default 16)")
+    ap.add_argument(
+        "--max-batch", type=int, default=16, help="--max-batch of the batching-on server (default 16)"
+    )
     ap.add_argument(
         "--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: the server's own)"
     )
-    ap.add_argument("--request-timeout", type=float, default=600, help="seconds one request may take (default 600)")
+    ap.add_argument(
+        "--request-timeout", type=float, default=600, help="seconds one request may take (default 600)"
+    )
     ap.add_argument("--name", default="serve_load", help="bench/results/NAME.json (default serve_load)")
     args = ap.parse_args()
     try:
@@ -249,7 +257,9 @@ def _args() -> argparse.Namespace:
     if not args.clients or min(args.clients) < 1:
         sys.exit("error: --clients: at least one level, each at least 1")
     if args.seconds <= 0 or args.max_tokens < 1 or args.max_batch < 2:
-        sys.exit("error: --seconds must be > 0, --max-tokens >= 1 and --max-batch >= 2 (1 is the 'off' server)")
+        sys.exit(
+            "error: --seconds must be > 0, --max-tokens >= 1 and --max-batch >= 2 (1 is the 'off' server)"
+        )
     return args
 
 
@@ -258,7 +268,7 @@ def main() -> None:
     started = load_average()
     on_rows, on_facts = _measure(args.max_batch, args)
     off_rows, off_facts = _measure(1, args)
-    for on, off in zip(on_rows, off_rows):
+    for on, off in zip(on_rows, off_rows, strict=True):
         on["vs_off"] = on["tokens_s"] / off["tokens_s"] if off["tokens_s"] else None
     rows = on_rows + off_rows
     meta = machine("cpu") | {

@@ -59,7 +59,13 @@ def start_browser(width: int = 1280, height: int = 900):
         "--lang=en-US",
     ):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    # the page itself gets width x height (--window-size counts the window's frame too)
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+    )
+    return driver
 
 
 def open_page(driver, url: str, timeout: float = 30) -> None:
@@ -84,8 +90,10 @@ def ask(driver, prompt: str, max_tokens: int, timeout: float = 120) -> str:
     before = len(driver.find_elements("css selector", "#messages .msg.assistant"))
     driver.find_element("id", "prompt").send_keys(prompt, Keys.ENTER)
     WebDriverWait(driver, timeout).until(
-        lambda d: len(d.find_elements("css selector", "#messages .msg.assistant")) > before
-        and d.find_element("id", "send").is_enabled()
+        lambda d: (
+            len(d.find_elements("css selector", "#messages .msg.assistant")) > before
+            and d.find_element("id", "send").is_enabled()
+        )
     )
     assert not driver.find_element("id", "error").is_displayed(), _error_text(driver)
     bubble = driver.find_elements("css selector", "#messages .msg.assistant")[-1]
@@ -98,23 +106,16 @@ def caption(driver, image: Path, timeout: float = 60) -> str:
 
     driver.find_element("id", "image").send_keys(str(image.resolve()))
     WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element("id", "caption").text not in ("", "…")
-        or d.find_element("id", "error").is_displayed()
+        lambda d: (
+            d.find_element("id", "caption").text not in ("", "…")
+            or d.find_element("id", "error").is_displayed()
+        )
     )
     return driver.find_element("id", "caption").text
 
 
 def _error_text(driver) -> str:
     return "page error: " + driver.find_element("id", "error").text
-
-
-def _photo() -> Path:
-    """A real Flickr8k photo from the shared data folder (as tests/capkit find it)."""
-    base = Path(os.environ.get("ADAPT_SHARED_DATA") or REPO.parent / "shared" / "data")
-    photos = sorted((base / "flickr8k_sample" / "Images").glob("*.jpg"))
-    if not photos:
-        pytest.skip(f"no real Flickr8k photo under {base / 'flickr8k_sample' / 'Images'} (set ADAPT_SHARED_DATA)")
-    return photos[0]
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +170,9 @@ def test_conversation_is_kept_then_reset(page):
     ]
 
 
-def test_photo_upload_shows_its_caption(page, server_url):
+def test_photo_upload_shows_its_caption(page, server_url, photo):
     import httpx
 
-    photo = _photo()
     shown = caption(page, photo)
     assert not page.find_element("id", "error").is_displayed(), _error_text(page)
     assert page.execute_script("return document.getElementById('preview').naturalWidth") > 0
@@ -193,11 +193,12 @@ def test_not_an_image_shows_the_servers_error(page, tmp_path):
 
 def _screenshot(url: str, out: str, photo: str) -> None:
     """A real session for the docs: two Persian turns with the served model and a captioned photo."""
-    driver = start_browser(1200, 820)
+    driver = start_browser(1200, 760)
     try:
         open_page(driver, url)
-        for prompt in ("یک داستان کوتاه بگو", "ملکه الیزابت کیست؟"):
-            print(json.dumps({"prompt": prompt, "answer": ask(driver, prompt, 120, timeout=600)}, ensure_ascii=False))
+        for prompt in ("ملکه الیزابت کیست؟", "یک شعر فارسی بنویسید"):
+            answer = ask(driver, prompt, max_tokens=40, timeout=600)
+            print(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False))
         print(json.dumps({"caption": caption(driver, Path(photo))}))
         driver.save_screenshot(out)
     finally:
