@@ -74,7 +74,10 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        errors = list(exc.errors()) or [{"loc": (), "msg": "invalid request", "type": ""}]
+        # a value in a union (`stop`: str or list) fails every member; the member whose failure is
+        # not a plain type mismatch says what is wrong ("at most 4 items", not "a valid string")
+        first = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0])
         param = None if first.get("type") == "json_invalid" else _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             message = f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
