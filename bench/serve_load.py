@@ -1,7 +1,7 @@
 """`adapt serve` under load: N concurrent chat clients, with request batching on and off.
 
     python bench/serve_load.py [--run RUN] [--clients 1,4,16] [--seconds 60] [--max-tokens 32]
-                               [--max-batch 16] [--threads N]
+                               [--max-batch 16] [--threads N] [--device cpu|cuda]
 
 Starts `adapt serve RUN --captioner none` (RUN: the embedded Gemma 3 270M by default) twice on a
 free loopback port, as its own process: batching on (`--max-batch 16`) and off (`--max-batch 1`).
@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("COLUMNS", "200")  # the results table is wide; do not squeeze it to 80
-from _common import load_average, machine, report  # noqa: E402
+from _common import load_average, machine, report, require_device  # noqa: E402
 
 STARTUP_TIMEOUT_S = 600  # the 270M converts into the cache on a first run; a busy 2-core machine is slow
 
@@ -73,13 +73,13 @@ def _reset_peak(pid: int) -> None:
 class Server:
     """`adapt serve` as a child process, on a free loopback port, its output in a log file."""
 
-    def __init__(self, run: str, max_batch: int, threads: int | None) -> None:
+    def __init__(self, run: str, max_batch: int, threads: int | None, device: str) -> None:
         self.label = "batching off" if max_batch == 1 else f"batching on (max {max_batch})"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
             sys.executable, "-m", "adapt", "serve", run, "--captioner", "none",
-            "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(max_batch),
+            "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(max_batch), "--device", device,
         ]  # fmt: skip
         env = dict(os.environ)
         if threads:  # torch reads it at start-up; unset, the server keeps its own default
@@ -203,7 +203,7 @@ def _measure(max_batch: int, args: argparse.Namespace) -> tuple[list[dict[str, A
     """Start one server, warm it up, run every --clients level; its rows and start-up facts."""
     import httpx
 
-    server = Server(args.run, max_batch, args.threads)
+    server = Server(args.run, max_batch, args.threads, args.device)
     print(
         f"[{time.strftime('%H:%M:%S')}] {server.label}: starting `adapt serve {args.run}` …", file=sys.stderr
     )
@@ -248,6 +248,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument(
         "--request-timeout", type=float, default=600, help="seconds one request may take (default 600)"
     )
+    ap.add_argument("--device", default="cpu", help="the server's --device: cpu (default) or cuda")
     ap.add_argument("--name", default="serve_load", help="bench/results/NAME.json (default serve_load)")
     args = ap.parse_args()
     try:
@@ -265,13 +266,14 @@ def _args() -> argparse.Namespace:
 
 def main() -> None:
     args = _args()
+    require_device(args.device)
     started = load_average()
     on_rows, on_facts = _measure(args.max_batch, args)
     off_rows, off_facts = _measure(1, args)
     for on, off in zip(on_rows, off_rows, strict=True):
         on["vs_off"] = on["tokens_s"] / off["tokens_s"] if off["tokens_s"] else None
     rows = on_rows + off_rows
-    meta = machine("cpu") | {
+    meta = machine(args.device) | {
         "command": " ".join(["python", "bench/serve_load.py", *sys.argv[1:]]),
         "run": args.run,
         "servers": {"on": on_facts, "off": off_facts},
