@@ -120,12 +120,13 @@ def _error_text(driver) -> str:
 
 
 @pytest.fixture(scope="module")
-def page(server_url):
+def page(request):
     if not CHROMIUM or not CHROMEDRIVER:
         pytest.skip(
             "no Chromium / chromedriver installed (Debian: apt-get install chromium chromium-driver); "
             f"found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER}"
         )
+    server_url = request.getfixturevalue("server_url")  # only now: no server started just to skip
     driver = start_browser()
     try:
         open_page(driver, server_url)
@@ -169,6 +170,34 @@ def test_conversation_is_kept_then_reset(page):
     assert page.execute_script("return window.__chatBodies")[-1]["messages"] == [
         {"role": "user", "content": "سلام"}
     ]
+
+
+def test_reset_mid_stream_frees_the_slot(page, server_url):
+    import httpx
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    health = f"{server_url.rstrip('/')}/health"
+    cancelled = httpx.get(health, timeout=10).json()["cancelled"]
+    field = page.find_element("id", "max-tokens")
+    field.clear()
+    field.send_keys("3000")  # far longer than the wait below: the answer is still streaming at reset
+    page.find_element("id", "prompt").send_keys(PERSIAN_PROMPT, Keys.ENTER)
+    WebDriverWait(page, 60).until(
+        lambda d: (
+            d.find_elements("css selector", "#messages .msg.assistant")
+            and d.find_elements("css selector", "#messages .msg.assistant")[-1].text
+        )
+    )
+    assert not page.find_element("id", "send").is_enabled(), "the answer ended before reset was pressed"
+    page.find_element("id", "reset").click()
+    assert page.find_elements("css selector", "#messages .msg") == []
+    assert not page.find_element("id", "error").is_displayed(), _error_text(page)
+    # the page closed the stream, so the server stops that row and its slot is free again
+    WebDriverWait(page, 30, poll_frequency=0.2).until(
+        lambda _: (h := httpx.get(health, timeout=10).json())["in_flight"] == 0 and h["cancelled"] > cancelled
+    )
+    assert page.find_element("id", "send").is_enabled()
 
 
 def test_photo_upload_shows_its_caption(page, server_url, photo):
