@@ -136,10 +136,19 @@ def page(request):
         driver.quit()
 
 
-def test_persian_prompt_streams_right_to_left(page):
+def test_persian_prompt_streams_right_to_left(page, server_url):
+    import httpx
+
     page.execute_script("window.__updates = []")
     answer = ask(page, PERSIAN_PROMPT, max_tokens=40)
     assert answer.strip(), "the answer bubble stayed empty"
+    # the streamed pieces add up to the answer the API gives in one piece (greedy: the same tokens)
+    sent = page.execute_script("return window.__chatBodies")[-1]
+    whole = httpx.post(
+        server_url.rstrip("/") + "/v1/chat/completions", json={**sent, "stream": False}, timeout=120
+    )
+    assert whole.status_code == 200, whole.text
+    assert answer == whole.json()["choices"][0]["message"]["content"]
     lengths = [n for n, _ in page.execute_script("return window.__updates") if n > 0]
     # streamed: the bubble showed the answer in more than one step, each longer than the last
     assert len(set(lengths)) > 1, f"the answer appeared at once, not streamed: lengths {lengths}"
@@ -149,7 +158,6 @@ def test_persian_prompt_streams_right_to_left(page):
     assert user.get_attribute("dir") == "auto"
     assert page.execute_script("return getComputedStyle(arguments[0]).direction", user) == "rtl"
     assert page.find_element("id", "prompt").get_attribute("dir") == "auto"
-    sent = page.execute_script("return window.__chatBodies")[-1]
     assert sent["stream"] is True and sent["max_tokens"] == 40
     assert sent["messages"] == [{"role": "user", "content": PERSIAN_PROMPT}]
 
@@ -198,6 +206,27 @@ def test_reset_mid_stream_frees_the_slot(page, server_url):
         lambda _: (h := httpx.get(health, timeout=10).json())["in_flight"] == 0 and h["cancelled"] > cancelled
     )
     assert page.find_element("id", "send").is_enabled()
+
+
+def test_refused_chat_shows_the_servers_error_and_is_not_kept(page):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page.find_element("id", "reset").click()
+    field = page.find_element("id", "max-tokens")
+    field.clear()
+    field.send_keys("100000")  # above the server's per-answer limit: a 400 naming max_tokens
+    page.find_element("id", "prompt").send_keys("سلام", Keys.ENTER)
+    WebDriverWait(page, 30).until(lambda d: d.find_element("id", "error").is_displayed())
+    error = page.find_element("id", "error").text
+    assert error.startswith("chat: 400") and "max_tokens" in error, error
+    assert "failed" in page.find_elements("css selector", "#messages .msg.assistant")[-1].get_attribute(
+        "class"
+    )
+    ask(page, "ممنون", max_tokens=4)  # the next turn clears the error; the refused one was not kept
+    assert page.execute_script("return window.__chatBodies")[-1]["messages"] == [
+        {"role": "user", "content": "ممنون"}
+    ]
 
 
 def test_photo_upload_shows_its_caption(page, server_url, photo):
