@@ -266,9 +266,9 @@ def _generate_chunk(
     prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
     inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
     streams = [
-        RowStream(tokenizer, set(kw["eos_token_id"]), r.max_new_tokens or kw["max_new_tokens"],
-                  r.stop, r.emit, r.cancelled)
-        for r in rows
+        RowStream(tokenizer, set(kw["eos_token_id"]), r.max_new_tokens or kw["max_new_tokens"], r.stop,
+                  r.emit, r.cancelled, r.on_finish, int(n))
+        for r, n in zip(rows, prompt_tokens, strict=True)
     ]  # fmt: skip
     batch = BatchStream(streams)
     prompt_len = inputs["input_ids"].shape[1]
@@ -280,19 +280,21 @@ def _generate_chunk(
             logits_processor=rules, stopping_criteria=StoppingCriteriaList([batch]), streamer=batch,
         )  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(chunk)
-    return [
-        Answer(
-            prompt=messages[-1]["content"],
-            answer=s.text.strip(),
-            stopped=s.finish == "stop",
-            tokens=s.tokens,
-            seconds=seconds,
-            token_ids=s.ids + ([s.end_id] if s.end_id is not None else []),
-            prompt_tokens=int(n),
-            finish=s.finish or "length",
-        )
-        for messages, s, n in zip(chunk, streams, prompt_tokens, strict=True)
-    ]
+    return [answer_of(s, m[-1]["content"], seconds) for m, s in zip(chunk, streams, strict=True)]
+
+
+def answer_of(row: RowStream, prompt: str, seconds: float | None = None) -> Answer:
+    """The `Answer` a finished row gives (`seconds`: default the row's own time)."""
+    return Answer(
+        prompt=prompt,
+        answer=row.text.strip(),
+        stopped=row.finish == "stop",
+        tokens=row.tokens,
+        seconds=row.seconds if seconds is None else seconds,
+        token_ids=row.ids + ([row.end_id] if row.end_id is not None else []),
+        prompt_tokens=row.prompt_tokens,
+        finish=row.finish or "length",
+    )
 
 
 def generate(

@@ -13,6 +13,7 @@ While streaming, text that could be the start of a stop string is held back unti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class Row:
     stop: Sequence[str] = ()
     emit: Callable[[str], None] | None = None  # receives each new piece of the answer
     cancelled: Callable[[], bool] | None = None  # True once nobody reads the answer any more
+    on_finish: Callable[[RowStream], None] | None = None  # called once, as soon as the row ends
 
 
 @dataclass
@@ -40,41 +42,55 @@ class RowStream:
     stop: Sequence[str] = ()
     emit: Callable[[str], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    on_finish: Callable[[RowStream], None] | None = None
+    prompt_tokens: int = 0
     ids: list[int] = field(default_factory=list)  # the answer's tokens, the end token excluded
     end_id: int | None = None  # the stop token that ended it, if one did
     text: str = ""
     sent: int = 0  # characters of `text` already emitted
     finish: str | None = None  # "stop", "length" or "cancelled" once finished
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0  # from the start of the batch to the row's end
 
     def add(self, token: int) -> None:
         """Take the row's next generated token (ignored once the row is finished)."""
         if self.finish is not None:
             return
         if token in self.stop_ids:
-            self.end_id, self.finish = token, "stop"
+            self.end_id = token
+            self.end("stop")
+            return
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.end("stop")
+        elif len(self.ids) >= self.max_new_tokens:
+            self.end("length")
         else:
-            self.ids.append(token)
-            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-            self._cut_at_stop_string()
-            if self.finish is None and len(self.ids) >= self.max_new_tokens:
-                self.finish = "length"
-        self._send(final=self.finish is not None)
+            self._send()
 
     def check_cancelled(self) -> bool:
         """Finish the row as "cancelled" when its reader has gone; True when the row is done."""
         if self.finish is None and self.cancelled is not None and self.cancelled():
-            self.finish = "cancelled"
+            self.end("cancelled")
         return self.finish is not None
+
+    def end(self, reason: str) -> None:
+        """Finish the row (once): emit what was held back, then tell `on_finish`."""
+        if self.finish is not None:
+            return
+        self.finish, self.seconds = reason, time.perf_counter() - self.started
+        if reason != "cancelled":
+            self._send(final=True)
+        if self.on_finish is not None:
+            self.on_finish(self)
 
     @property
     def tokens(self) -> int:
         """Generated tokens, the end token included."""
         return len(self.ids) + (self.end_id is not None)
-
-    def _cut_at_stop_string(self) -> None:
-        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.text, self.finish = self.text[: min(hits)], "stop"
 
     def _held_back(self) -> int:
         """Characters at the end of `text` not to emit yet: a half-decoded character, or the
@@ -106,9 +122,9 @@ class BatchStream:
             row.add(int(token))
 
     def end(self) -> None:
-        """Called by `generate` when it is done: emit whatever was held back."""
+        """Called by `generate` when it is done: a row still open ran into the batch's length limit."""
         for row in self.rows:
-            row._send(final=True)
+            row.end("length")
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         """Stopping criterion: which rows are finished (their limit, a stop string, cancelled)."""

@@ -79,6 +79,28 @@ def test_concurrent_requests_share_model_calls_and_answer_as_alone(start_server,
         )
 
 
+def test_a_short_answer_in_a_batch_comes_back_before_the_batch_ends(start_server):
+    """A row that ends early is answered at once: it does not wait for the longest row."""
+    user = [{"role": "user", "content": "سلام"}]
+    timed = {}
+
+    def timed_ask(body: dict) -> None:
+        t0 = time.perf_counter()
+        ask(url, body)
+        timed[body["max_tokens"]] = time.perf_counter() - t0
+
+    with start_server(max_batch=8, batch_wait_ms=300) as url:
+        with ThreadPoolExecutor(2) as pool:
+            list(
+                pool.map(
+                    timed_ask, [{"messages": user, "max_tokens": 2}, {"messages": user, "max_tokens": 1500}]
+                )
+            )
+        health = httpx.get(url + "/health").json()
+    assert (health["batches"], health["largest_batch"]) == (1, 2), health
+    assert timed[2] < timed[1500] / 3, timed
+
+
 def test_batching_off_is_one_model_call_per_request(start_server, alone):
     with start_server(max_batch=1, batch_wait_ms=500) as url:
         with ThreadPoolExecutor(3) as pool:

@@ -42,7 +42,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
     while the app runs (its lifespan)."""
     served = served or load_served(config)
     batcher = Batcher(
-        lambda jobs: answer_batch(served.target, jobs),
+        lambda jobs: answer_batch(served.target, jobs, batcher.complete),
         config.max_batch, config.batch_wait_ms / 1000, config.max_queue,
     )  # fmt: skip
 

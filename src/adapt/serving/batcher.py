@@ -53,8 +53,9 @@ class Stats:
 
 
 class Batcher:
-    """The queue and the worker thread; `run(jobs)` answers one batch: one answer per job, each
-    with a `finish` ("stop", "length" or "cancelled"), handed to the job's `finish` callback."""
+    """The queue and the worker thread. `run(jobs)` answers one batch: one answer per job, each
+    with a `finish` ("stop", "length" or "cancelled"); it may hand a job its answer earlier,
+    through `complete`, when the job's row ends before the batch does."""
 
     def __init__(
         self, run: Callable[[list[Job]], list[Any]], max_batch: int, wait_s: float, max_queue: int
@@ -132,22 +133,28 @@ class Batcher:
             job.done = True
             job.finish(None, None)
 
+    def complete(self, job: Job, answer: Any, error: BaseException | None = None) -> None:
+        """Hand `job` its answer (once): called as soon as its row ends, even mid-batch."""
+        with self.cond:
+            if job.done:
+                return
+            job.done = True
+            self.counts.cancelled += getattr(answer, "finish", None) == "cancelled"
+        job.finish(answer, error)
+
     def _work(self) -> None:
         while True:
             batch = self._take_batch()
             if not batch:
                 return
             try:
-                results: list[tuple[Any, BaseException | None]] = [(a, None) for a in self.run(batch)]
+                answers, error = self.run(batch), None
             except Exception as err:  # a failed batch answers its requests; the server stays up
-                results = [(None, err)] * len(batch)
+                answers, error = [None] * len(batch), err
+            for job, answer in zip(batch, answers, strict=True):
+                self.complete(job, answer, error)  # those whose rows ended early have theirs
             with self.cond:
                 self.counts.batches += 1
                 self.counts.rows += len(batch)
                 self.counts.largest_batch = max(self.counts.largest_batch, len(batch))
-                self.counts.cancelled += sum(getattr(a, "finish", None) == "cancelled" for a, _ in results)
-                for job in batch:
-                    job.done = True
                 self.current = []
-            for job, (answer, error) in zip(batch, results, strict=True):
-                job.finish(answer, error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from adapt.errors import UserError
 from adapt.serving.batcher import Job
 from adapt.serving.config import NO_CAPTIONER, ServeConfig
-from fa_adapt.generation import BASE, Answer, Target, generate_batch, load_target
+from fa_adapt.generation import BASE, Answer, Target, answer_of, generate_batch, load_target
 from fa_adapt.streaming import Row
 
 
@@ -48,16 +49,27 @@ def load_served(config: ServeConfig) -> Served:
     return served
 
 
-def answer_batch(target: Target, jobs: list[Job]) -> list[Answer]:
-    """One `generate_batch` call for jobs that share their sampling settings (the batcher's key)."""
+def answer_batch(target: Target, jobs: list[Job], done: Callable[[Job, Answer], None]) -> list[Answer]:
+    """One `generate_batch` call for jobs that share their sampling settings (the batcher's key);
+    `done(job, answer)` hears of each row as soon as it ends, before the rest of the batch."""
     import torch
 
     if jobs[0].seed is not None:  # a seeded sampled request runs alone: as `adapt generate --seed`
         torch.manual_seed(jobs[0].seed)
-    rows = [Row(j.max_new_tokens, j.stop, j.emit, j.cancelled.is_set) for j in jobs]
+
+    def row(job: Job) -> Row:
+        prompt = job.messages[-1]["content"]
+        return Row(
+            job.max_new_tokens,
+            job.stop,
+            job.emit,
+            job.cancelled.is_set,
+            lambda r: done(job, answer_of(r, prompt)),
+        )
+
     return generate_batch(
         target.model, [j.messages for j in jobs], tokenizer=target.tokenizer, system=target.system,
-        batch_size=len(jobs), rows=rows, **jobs[0].settings,
+        batch_size=len(jobs), rows=[row(j) for j in jobs], **jobs[0].settings,
     )  # fmt: skip
 
 
