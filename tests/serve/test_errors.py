@@ -188,3 +188,11 @@ def test_random_json_bodies_get_4xx_or_an_answer(fuzz_url, body):
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     health = httpx.get(fuzz_url + "/health").json()
     assert health["status"] == "ok"
+
+
+def test_curl_style_bodies_are_read_as_json(server_url):
+    """`curl -d '{...}'` sends form-urlencoded: the body is still read as the JSON it is."""
+    body = json.dumps({"messages": USER, "max_tokens": 2})
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert httpx.post(server_url + "/v1/chat/completions", content=body, headers=form).status_code == 200
+    assert_error(httpx.post(server_url + "/v1/chat/completions", content="a=1", headers=form), 400)

@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -133,7 +133,8 @@ def _routes(app: FastAPI, served: Served, config: ServeConfig, batcher: Batcher)
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request, body: ChatRequest) -> Any:
+    async def chat(request: Request) -> Any:
+        body = await json_body(request, ChatRequest)
         return await chat_completion(request, body, served, config, batcher)
 
     @app.post("/v1/captions")
@@ -169,17 +170,23 @@ async def _image_of(request: Request) -> tuple[bytes, str, str, str | None]:
         model = form.get("model")
         data = await upload.read()
         return data, "file", upload.filename or "upload", model if isinstance(model, str) else None
-    if kind == "application/json":
-        try:
-            body = CaptionRequest.model_validate(json.loads(await request.body()))
-        except json.JSONDecodeError as err:
-            raise ApiError(400, f"the body is not valid JSON ({err.msg})", code="json_invalid") from None
-        except UnicodeDecodeError:
-            raise ApiError(400, "the body is not valid JSON (not UTF-8)", code="json_invalid") from None
-        except ValidationError as err:
-            raise RequestValidationError(err.errors()) from None
+    if kind in ("application/json", ""):
+        body = await json_body(request, CaptionRequest)
         return _base64_image(body.image), "image", "image", body.model
     raise ApiError(400, 'send the image as multipart/form-data (field `file`) or JSON {"image": base64}')
+
+
+async def json_body(request: Request, model: type[BaseModel]) -> Any:
+    """The body read as JSON into `model`, whatever its Content-Type says (curl's `-d` sends
+    form-urlencoded); a body that is not JSON, or not `model`, is a 400 naming the field."""
+    try:
+        return model.model_validate(json.loads(await request.body()))
+    except json.JSONDecodeError as err:
+        raise ApiError(400, f"the body is not valid JSON ({err.msg})", code="json_invalid") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "the body is not valid JSON (not UTF-8)", code="json_invalid") from None
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
 
 
 def _base64_image(text: str) -> bytes:
