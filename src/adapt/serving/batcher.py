@@ -23,6 +23,10 @@ class QueueFull(Exception):
     """The queue holds `--max-queue` requests already."""
 
 
+class ShuttingDown(Exception):
+    """The server stops: requests still waiting get this instead of an answer."""
+
+
 @dataclass
 class Job:
     """One chat request for the worker: its prompt, settings and where its answer goes."""
@@ -78,7 +82,10 @@ class Batcher:
             self.stopping = True
             for job in self.current:
                 job.cancelled.set()
+            waiting, self.pending = list(self.pending), deque()
             self.cond.notify_all()
+        for job in waiting:
+            self.complete(job, None, ShuttingDown("the server is shutting down"))
         self.thread.join(timeout)
 
     def submit(self, job: Job) -> None:

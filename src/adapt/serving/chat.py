@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from adapt.errors import UserError
-from adapt.serving.batcher import Batcher, Job, QueueFull
+from adapt.serving.batcher import Batcher, Job, QueueFull, ShuttingDown
 from adapt.serving.config import ServeConfig
 from adapt.serving.models import Served
 from adapt.serving.schemas import ApiError, ChatRequest, error_body
@@ -204,6 +204,8 @@ async def chat_completion(
         answer, error = await _wait(request, events, job)
     finally:
         job.cancelled.set()  # no-op once answered; frees the slot if this handler is cancelled
+    if isinstance(error, ShuttingDown):
+        raise ApiError(503, str(error), code="shutting_down", headers={"Retry-After": RETRY_AFTER_S})
     if error is not None:
         raise error
     if answer is None:  # the client left; nobody reads this

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from adapt.errors import UserError
 from adapt.runio import check_positive
@@ -46,6 +47,11 @@ class ServeConfig:
             check_positive(flag, value)
         check_positive("--batch-wait-ms", self.batch_wait_ms, allow_zero=True)
         check_positive("--max-body-mb", self.max_body_mb)
+        if self.captioner not in ("default", NO_CAPTIONER) and not Path(self.captioner).is_dir():
+            # said before the chat model loads, which takes longer than this check
+            raise UserError(
+                f"--captioner {self.captioner}: not a folder; give `default`, `none` or a caption-train run folder"
+            )
 
     @property
     def max_body_bytes(self) -> int:
