@@ -52,11 +52,13 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead o
 
 
 def _register_all() -> None:
+    from adapt import serve_cli
     from capkit import cli as capkit_cli
     from fa_adapt import cli as fa_cli
 
     fa_cli.register(app)
     capkit_cli.register(app)
+    serve_cli.register(app)
 
 
 _register_all()

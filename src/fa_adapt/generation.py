@@ -27,6 +27,7 @@ from adapt.runio import check_positive
 from adapt.settings import setting
 from fa_adapt.chatml import IM_END, Message, render, with_system_message
 from fa_adapt.device import to_device
+from fa_adapt.streaming import BatchStream, Row, RowStream
 
 DEFAULT_MAX_NEW_TOKENS = 200
 DEFAULT_NO_REPEAT_NGRAM = 3
@@ -42,11 +43,14 @@ class Answer:
     tokens: int  # generated tokens, the end token included
     seconds: float = 0.0
     token_ids: list[int] = field(default_factory=list, repr=False)
+    prompt_tokens: int = 0  # the prompt's tokens (ChatML included)
+    finish: str = "stop"  # "stop" (end token or stop string), "length", or "cancelled" (reader gone)
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` form: prompt, answer, stopped, tokens."""
         d = asdict(self)
-        del d["seconds"], d["token_ids"]
+        for internal in ("seconds", "token_ids", "prompt_tokens", "finish"):
+            del d[internal]
         return d
 
 
@@ -198,35 +202,6 @@ class AnswerNoRepeatNGram:
         return scores
 
 
-class _TextStream:
-    """A transformers streamer that hands each newly decoded piece of the answer to `emit`."""
-
-    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
-        self.tokenizer, self.emit = tokenizer, emit
-        self.ids: list[int] = []
-        self.sent = 0
-        self.prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # the first call carries the prompt
-            self.prompt_seen = True
-            return
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        # hold back a trailing replacement char: a multi-byte Persian letter may be half decoded
-        if text.endswith("\ufffd"):
-            return
-        if len(text) > self.sent:
-            self.emit(text[self.sent :])
-            self.sent = len(text)
-
-    def end(self) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if len(text) > self.sent:
-            self.emit(text[self.sent :])
-            self.sent = len(text)
-
-
 def generate_batch(
     target: Any,
     prompts: Sequence[str | Sequence[Message]],
@@ -239,58 +214,86 @@ def generate_batch(
     batch_size: int = 8,
     stream: Callable[[str], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    rows: Sequence[Row] | None = None,
 ) -> list[Answer]:
     """Answer many prompts, `batch_size` at a time with left padding; greedy unless `temperature > 0`.
 
     `target` is a loaded run or a model (then pass `tokenizer`). `stream` (single prompt only)
-    receives the answer text piece by piece as it is generated. `on_batch(n)` is called after
-    each batch with the number of prompts it held (for progress bars).
+    receives the answer text piece by piece as it is generated. `rows` (one per prompt) give
+    each prompt its own `max_new_tokens`, stop strings, stream and cancellation
+    (`fa_adapt.streaming.Row`). `on_batch(n)` is called after each batch with the number of
+    prompts it held (for progress bars).
     """
-    import torch
-    from transformers import LogitsProcessorList
-
     model, tokenizer = unpack(target, tokenizer)
     check_positive("--batch-size", batch_size)
     if stream is not None and len(prompts) != 1:
         raise UserError("generate: streaming works on one prompt at a time")
+    if rows is None:
+        rows = [Row(emit=stream) for _ in prompts]
+    if len(rows) != len(prompts):
+        raise UserError(f"generate: {len(rows)} rows given for {len(prompts)} prompts")
+    for row in rows:
+        check_positive("max_new_tokens", row.max_new_tokens)
     kw = _sampling_kwargs(tokenizer, max_new_tokens, no_repeat_ngram, temperature, top_p)
-    stops = set(kw["eos_token_id"])
-    prompt_tuned = _is_prompt_learning(model)
-    runner = model.get_base_model() if prompt_tuned else model
     model.eval()
     answers: list[Answer] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [as_messages(p, system) for p in prompts[start : start + batch_size]]
-        enc = _encode_left_padded(tokenizer, [prompt_text(tokenizer, m) for m in chunk])
-        enc = to_device(dict(enc), model_device(model))  # the model may be on a GPU
-        inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
-        streamer = _TextStream(tokenizer, stream) if stream is not None else None
-        t0 = time.perf_counter()
-        prompt_len = inputs["input_ids"].shape[1]
-        rules = LogitsProcessorList(
-            [AnswerNoRepeatNGram(no_repeat_ngram, prompt_len)] if no_repeat_ngram else []
+        answers += _generate_chunk(
+            model, tokenizer, chunk, rows[start : start + batch_size], kw, no_repeat_ngram
         )
-        with torch.no_grad():
-            out = runner.generate(**inputs, **kw, logits_processor=rules, streamer=streamer)
-        seconds = (time.perf_counter() - t0) / len(chunk)
-        for messages, row in zip(chunk, out[:, prompt_len:].tolist(), strict=True):
-            answers.append(_answer(tokenizer, messages[-1]["content"], row, stops, seconds))
         if on_batch is not None:
             on_batch(len(chunk))
     return answers
 
 
-def _answer(tokenizer: Any, prompt: str, row: list[int], stops: set[int], seconds: float) -> Answer:
-    """The answer in generated ids `row`: up to its first stop token (kept in `token_ids`)."""
-    end = next((i for i, t in enumerate(row) if t in stops), None)
-    kept = row if end is None else row[:end]
+def _generate_chunk(
+    model: Any,
+    tokenizer: Any,
+    chunk: list[list[Message]],
+    rows: Sequence[Row],
+    kw: dict[str, Any],
+    no_repeat_ngram: int,
+) -> list[Answer]:
+    """One left-padded batch through `generate`, each row read and stopped by its `RowStream`."""
+    import torch
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    prompt_tuned = _is_prompt_learning(model)
+    runner = model.get_base_model() if prompt_tuned else model
+    enc = _encode_left_padded(tokenizer, [prompt_text(tokenizer, m) for m in chunk])
+    enc = to_device(dict(enc), model_device(model))  # the model may be on a GPU
+    prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+    inputs = _prompt_tuning_inputs(model, enc, kw["pad_token_id"]) if prompt_tuned else dict(enc)
+    streams = [
+        RowStream(tokenizer, set(kw["eos_token_id"]), r.max_new_tokens or kw["max_new_tokens"], r.stop,
+                  r.emit, r.cancelled, r.on_finish, int(n))
+        for r, n in zip(rows, prompt_tokens, strict=True)
+    ]  # fmt: skip
+    batch = BatchStream(streams)
+    prompt_len = inputs["input_ids"].shape[1]
+    rules = LogitsProcessorList([AnswerNoRepeatNGram(no_repeat_ngram, prompt_len)] if no_repeat_ngram else [])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        runner.generate(
+            **inputs, **{**kw, "max_new_tokens": max(s.max_new_tokens for s in streams)},
+            logits_processor=rules, stopping_criteria=StoppingCriteriaList([batch]), streamer=batch,
+        )  # fmt: skip
+    seconds = (time.perf_counter() - t0) / len(chunk)
+    return [answer_of(s, m[-1]["content"], seconds) for m, s in zip(chunk, streams, strict=True)]
+
+
+def answer_of(row: RowStream, prompt: str, seconds: float | None = None) -> Answer:
+    """The `Answer` a finished row gives (`seconds`: default the row's own time)."""
     return Answer(
         prompt=prompt,
-        answer=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-        stopped=end is not None,
-        tokens=len(kept) + (end is not None),
-        seconds=seconds,
-        token_ids=kept + ([row[end]] if end is not None else []),
+        answer=row.text.strip(),
+        stopped=row.finish == "stop",
+        tokens=row.tokens,
+        seconds=row.seconds if seconds is None else seconds,
+        token_ids=row.ids + ([row.end_id] if row.end_id is not None else []),
+        prompt_tokens=row.prompt_tokens,
+        finish=row.finish or "length",
     )
 
 
