@@ -8,9 +8,10 @@ from typing import Any
 from adapt.model_card import table, write_card
 
 
-def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
-    """README.md of a caption-train run: decoder, encoder, data, losses, sample captions, use, limits."""
+def _result_rows(cfg: Any, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's results table: model, data, vocabulary, losses, epochs, the self-critical phase."""
     data = metrics["data"]
+    stopped = " (stopped early)" if metrics["stopped_early"] else ""
     rows = [
         ("decoder / encoder", f"{cfg.decoder} on frozen {cfg.encoder} features"),
         (
@@ -22,11 +23,7 @@ def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
             "validation loss",
             f"{metrics['initial_val_loss']} untrained → {metrics['best_val_loss']} (epoch {metrics['best_epoch']}, kept)",
         ),
-        (
-            "epochs",
-            f"{metrics['epochs_run']} of {cfg.epochs}"
-            + (" (stopped early)" if metrics["stopped_early"] else ""),
-        ),
+        ("epochs", f"{metrics['epochs_run']} of {cfg.epochs}{stopped}"),
     ]
     scst = metrics.get("scst")
     if scst:  # the weights kept are the self-critical phase's best
@@ -36,6 +33,13 @@ def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
                 f"{scst['initial_val_cider_d']} → {scst['best_val_cider_d']} (epoch {scst['best_epoch']} of {scst['epochs_run']}, kept)",
             )
         )
+    return rows
+
+
+def write_run_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> Path:
+    """README.md of a caption-train run: decoder, encoder, data, losses, sample captions, use, limits."""
+    rows = _result_rows(cfg, metrics)
+    scst = metrics.get("scst")
     reward = "\n![reward](reward.png)\n" if scst else ""
     samples = "\n".join(
         f"| {Path(s['image']).name} | {s['generated']} | {s['references'][0]} |" for s in metrics["samples"]
