@@ -41,8 +41,8 @@ def stages(image: str) -> None:
     marks.append(("import capkit", time.perf_counter()))
     model = load_model(None)
     marks.append(("load decoder + vocabulary", time.perf_counter()))
-    model.load_encoder()
-    marks.append(("load encoder (EfficientNet-Lite0)", time.perf_counter()))
+    encoder = model.load_encoder()
+    marks.append((f"load encoder ({getattr(encoder, 'name', 'the default')})", time.perf_counter()))
     caption = caption_images(model, [Path(image)])[0].caption
     marks.append(("read image, encode, decode", time.perf_counter()))
     out = {name: end - begin for (_, begin), (name, end) in zip(marks, marks[1:], strict=False)}

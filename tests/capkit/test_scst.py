@@ -241,6 +241,7 @@ def test_self_critical_training_raises_validation_cider_on_real_photos(flickr_sa
     out = train(
         TrainConfig(
             data=str(flickr_sample), decoder="attention", init_from=str(DEFAULT_MODEL_DIR),
+            encoder=json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["encoder"],
             scst_epochs=SLOW_SCST_EPOCHS, output=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
         )
     )  # fmt: skip
