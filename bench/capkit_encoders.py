@@ -32,8 +32,9 @@ def _photos(n: int) -> list[Path]:
 
 def _measure(name: str, photos: list[Path], batch_size: int, repeat: int) -> dict:
     import torch
-    from PIL import Image
 
+    from capkit.captioning import image_tensor
+    from capkit.data import open_image
     from capkit.encoders import load_encoder
 
     t0 = time.perf_counter()
@@ -43,11 +44,12 @@ def _measure(name: str, photos: list[Path], batch_size: int, repeat: int) -> dic
     def batched() -> None:
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
-            encoder(torch.stack([encoder.transform(Image.open(p)) for p in chunk]))
+            # as the feature cache reads and prepares images (capkit.features)
+            encoder(torch.stack([encoder.transform(open_image(p)) for p in chunk]))
 
     def single() -> None:
-        for p in photos[:8]:
-            encoder(encoder.transform(Image.open(p)).unsqueeze(0))
+        for p in photos[:8]:  # as `adapt caption` prepares one image
+            encoder(image_tensor(encoder, p).unsqueeze(0))
 
     batch_s = timed(batched, repeat=repeat)
     single_s = timed(single, repeat=repeat)
