@@ -151,6 +151,8 @@ def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | Non
             resumed_scst = {"state": checkpoint["scst"], "optimizer": checkpoint["optimizer"]}
         elif "optimizer" in checkpoint:  # not in --init-from's start
             optimizer.load_state_dict(checkpoint["optimizer"])
+            for group in optimizer.param_groups:  # a changed --lr applies (read_checkpoint's note says so)
+                group["lr"] = cfg.lr
         state = TrainState.from_checkpoint(checkpoint, cfg.patience)
         best_weights = checkpoint["best_model"]
         start = f"starting from {checkpoint['init_from']}" if "init_from" in checkpoint else "resuming"

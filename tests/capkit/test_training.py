@@ -67,6 +67,20 @@ def test_resume_reaches_the_same_final_state(tiny_data, tmp_path):
     ]
 
 
+def test_resume_with_another_lr_trains_at_that_lr(tiny_data, tmp_path):
+    """--resume --lr X is allowed (a lower rate to finish); the restored optimizer then runs at X."""
+    from capkit.checkpoints import CHECKPOINT
+
+    tiny = {"embed_dim": 16, "hidden_dim": 16}
+    part = train(_cfg(tiny_data, tmp_path / "part", decoder="lstm", decoder_config=tiny, epochs=1, lr=1e-3))
+    saved = torch.load(part / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [1e-3]
+    train(_cfg(tiny_data, part, decoder="lstm", epochs=2, lr=2.5e-4), resume=True)
+    resumed = torch.load(part / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == [2.5e-4]
+    assert json.loads((part / "config.json").read_text())["lr"] == 2.5e-4
+
+
 def test_corrupt_image_is_skipped_and_counted(tiny_data, tmp_path):
     (tiny_data / "03.jpg").write_bytes(b"garbage")
     out = train(
