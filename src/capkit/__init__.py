@@ -17,6 +17,7 @@ _LAZY = {
     "TrainConfig": ("capkit.train_config", "TrainConfig"),
     "caption_images": ("capkit.captioning", "caption_images"),
     "evaluate": ("capkit.evaluation", "evaluate"),
+    "make_ensemble": ("capkit.ensemble", "make_ensemble"),
     # plug-ins from user code (`capkit.plugins`); the module itself imports no torch
     "register_encoder": ("capkit.plugins", "register_encoder"),
     "register_decoder": ("capkit.plugins", "register_decoder"),

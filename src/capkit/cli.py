@@ -180,6 +180,30 @@ def caption_eval(
     compare_and_report(items, split, decoding, beam_size, no_repeat_ngram, length_penalty, out, limit, meteor)
 
 
+def caption_ensemble(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Two or more finished caption-train run folders (same encoder and vocabulary).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[Path, typer.Option(help="Folder for the ensemble (a run folder like any other).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an ensemble or run already in --output.")] = False,
+    decoding_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep this folder's decoding.json (the decoding a model is used with), e.g. the shipped default's."
+        ),
+    ] = None,
+    half: Annotated[bool, typer.Option(help="Store the weights as float16 (half the size).")] = False,
+) -> None:
+    """Join finished runs into one captioner that averages their word probabilities at every step."""
+    from capkit.ensemble import make_ensemble
+
+    typer.echo(str(make_ensemble(runs, output, overwrite=overwrite, decoding_from=decoding_from, half=half)))
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root `adapt` app."""
     before, after = _train_parameters()
@@ -190,6 +214,12 @@ def register(app: typer.Typer) -> None:
         name="caption-train",
         help="Train an image captioner (lstm / attention / transformer decoder).",
         **train_options,
+    )
+    command(
+        app,
+        caption_ensemble,
+        name="caption-ensemble",
+        help="Join finished caption-train runs into one captioner (their word probabilities averaged).",
     )
     command(app, caption_data, name="caption-data", help="Statistics and plots of a captioning dataset.")
     command(app, caption, name="caption", help="Caption images (default: the captioner shipped with capkit).")

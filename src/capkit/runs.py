@@ -38,6 +38,7 @@ RUN_ENTRIES = frozenset(
         "summary.md",
         "README.md",
         CHECKPOINT,
+        "decoding.json",  # the decoding a model is best used with (the shipped default, an ensemble)
     }
 )
 
@@ -285,6 +286,11 @@ def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], int]:
     except Exception as err:
         raise UserError(f"{file}: cannot be read ({err})") from None
     return weights, int(stored) if stored and stored.isdigit() else _feature_dim(weights)
+
+
+def feature_dim_of(folder: str | os.PathLike[str]) -> int:
+    """The encoder feature size the run in `folder` was trained on (from its weights file)."""
+    return _read_weights(Path(folder) / WEIGHTS)[1]
 
 
 def _feature_dim(weights: dict) -> int:

@@ -44,6 +44,7 @@ class _Data:
 
     vocab: Vocab
     feature_dim: int
+    grid_cells: int  # the encoder's feature grid, flattened (49 for 7×7)
     train_set: Examples
     val_set: Examples
     train_records: list[ImageRecord]
@@ -140,6 +141,7 @@ def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | Non
     log = _log_for(accelerator)
     data = _load_data(cfg, accelerator, checkpoint)
     torch.manual_seed(cfg.seed)
+    _fit_grid(cfg, data.grid_cells)
     decoder = build_decoder(
         cfg.decoder, len(data.vocab), data.feature_dim, pad_id=data.vocab.pad_id, **cfg.decoder_config
     )
@@ -178,6 +180,20 @@ def _set_up(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | Non
     return run
 
 
+def _fit_grid(cfg: TrainConfig, grid_cells: int) -> None:
+    """A decoder that learns one position per grid cell (a `grid_cells` argument: the transformer)
+    is built for this encoder's grid (49 cells for Lite0's 7×7, 81 for Lite2's 9×9); the size joins
+    `cfg.decoder_config`, which the run saves, so it loads back at that size."""
+    import inspect
+
+    from capkit.decoders import find_decoder
+
+    cls = find_decoder(cfg.decoder)
+    takes_grid = cls is not None and "grid_cells" in inspect.signature(cls).parameters
+    if takes_grid and "grid_cells" not in cfg.decoder_config:
+        cfg.decoder_config = {**cfg.decoder_config, "grid_cells": grid_cells}
+
+
 def _load_data(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | None) -> _Data:
     """The dataset's train and val splits as examples over cached features; the vocabulary is
     built from the training captions, or the checkpoint's when resuming."""
@@ -214,7 +230,10 @@ def _load_data(cfg: TrainConfig, accelerator: Any, checkpoint: dict[str, Any] | 
         "val_examples": len(val_set),
         "vocab_size": len(vocab),
     }
-    return _Data(vocab, encoder.feature_dim, train_set, val_set, train_records, val_records, row_of, counts)
+    grid_cells = int(feats["grid"].shape[1])
+    return _Data(
+        vocab, encoder.feature_dim, grid_cells, train_set, val_set, train_records, val_records, row_of, counts
+    )
 
 
 def _train_epoch(run: _Run) -> None:

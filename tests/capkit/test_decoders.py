@@ -12,6 +12,8 @@ TINY = {
     "attention": {"embed_dim": 8, "hidden_dim": 12, "attention_dim": 6, "context_dim": 10},
     "transformer": {"width": 16, "heads": 2, "decoder_layers": 2},
 }
+# the ensemble of all three keeps the same contract (capkit.decoders.ensemble)
+TINY["ensemble"] = {"members": [{"decoder": k, "decoder_config": v} for k, v in TINY.items()]}
 
 
 def _inputs(batch=3, length=7, seed=0):

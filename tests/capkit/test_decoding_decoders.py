@@ -15,13 +15,16 @@ SMALL = {
     "attention": {"embed_dim": 16, "hidden_dim": 24, "attention_dim": 16, "context_dim": 24},
     "transformer": {"width": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2},
 }
+# the ensemble of all three: every strategy must work with it too (capkit.decoders.ensemble)
+SMALL["ensemble"] = {"members": [{"decoder": k, "decoder_config": v} for k, v in SMALL.items()]}
 
 
 def tiny(name: str):
     torch.manual_seed(0)
     decoder = build_decoder(name, len(VOCAB), 12, pad_id=VOCAB.pad_id, **SMALL[name]).eval()
     with torch.no_grad():
-        decoder.out.bias[VOCAB.end_id] -= 2.0  # random weights end too soon to test anything
+        for part in getattr(decoder, "members", [decoder]):
+            part.out.bias[VOCAB.end_id] -= 2.0  # random weights end too soon to test anything
     return decoder
 
 

@@ -177,3 +177,31 @@ def test_output_folder_is_the_runs_own(tiny_data, tmp_path):
     out = train(_cfg(tiny_data, out, decoder="lstm", decoder_config=tiny, epochs=1), overwrite=True)
     assert (out / "decoder.safetensors").stat().st_mtime_ns != first
     assert not (out / ".adapt.lock").exists()
+
+
+def test_the_transformer_learns_one_position_per_cell_of_any_encoder_grid(tiny_data, tmp_path):
+    """Lite1 and Lite2 give 8×8 and 9×9 grids (64, 81 cells), more than Lite0's 49: the
+    transformer is built for the encoder's grid, and the run loads back at that size."""
+    from torch import nn
+
+    from capkit.encoders import ENCODERS, Encoder, Preprocessing
+
+    def nine_by_nine() -> Encoder:  # a fixed random stride-4 convolution of 36 px images: 9×9×4
+        conv = nn.Conv2d(3, 4, 4, stride=4)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(0)))
+        trunk = nn.Sequential(conv, nn.ReLU())
+        return Encoder("grid-9x9", trunk, trunk, None, Preprocessing(36, (0.5,) * 3, (0.5,) * 3))
+
+    capkit.register_encoder("grid-9x9", nine_by_nine)
+    try:
+        tiny = {"width": 16, "heads": 2, "decoder_layers": 1}
+        out = train(_cfg(tiny_data, tmp_path / "run", decoder="transformer", encoder="grid-9x9",
+                         decoder_config=tiny, epochs=1))  # fmt: skip
+        saved = json.loads((out / "config.json").read_text())["decoder_config"]
+        assert saved == {**tiny, "grid_cells": 81}
+        captioner = capkit.load_captioner(out)
+        assert captioner.decoder.grid_pos.shape[1] == 81
+        assert capkit.caption_images(captioner, [tiny_data / "00.jpg"])[0].caption
+    finally:
+        ENCODERS.pop("grid-9x9", None)

@@ -23,4 +23,16 @@ train rows800_alllinear lora --max-train-rows 800 --target-modules all-linear
 train rows700_alllinear lora --max-train-rows 700 --target-modules all-linear
 # not finished on 2026-11-26 (stopped at step 84 of 167 for lack of time):
 train rows800_alllinear_system lora --max-train-rows 800 --target-modules all-linear --system-prompt "$SYS"
+# second day: the 650-row candidate timed alone (the README's command with --max-train-rows 650), then the
+# rows still owed, with one thread per job beside a capkit job (their "train s" are marked † in the table)
+train rows650_alllinear lora --max-train-rows 650 --target-modules all-linear
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+train r64_alllinear lora --max-train-rows 251 --target-modules all-linear --lora-r 64 --lora-alpha 128
+train epochs3 lora --max-train-rows 251 $Q --epochs 3
+train prompt prompt --max-train-rows 251
+train prompt_init prompt --max-train-rows 251 --prompt-init-text "$SYS"
+train freeze freeze --max-train-rows 251
+train freeze_lr2e4 freeze --max-train-rows 251 --lr 2e-4
+train rows650_alllinear_system lora --max-train-rows 650 --target-modules all-linear --system-prompt "$SYS"
+train rows650_alllinear_seed1 lora --max-train-rows 650 --target-modules all-linear --seed 1
 python table.py > table.md

@@ -17,9 +17,16 @@ ROWS = [  # (label, key): the run folder is S/key, its scores S/key.json
  ("800 rows", "rows800"),
  ("800 rows, all-linear (the default chosen first)", "rows800_alllinear"),
  ("**700 rows, all-linear (the default)**", "rows700_alllinear"),
- ("800 rows, all-linear, Persian system prompt", "rows800_alllinear_system"),
- ("prompt tuning, 600 rows", "prompt600"),
- ("freeze, 600 rows", "freeze600"),
+ # second day (run.sh's second part); † = trained beside another job, so "train s" is too high
+ ("650 rows, all-linear", "rows650_alllinear"),
+ ("650 rows, all-linear, seed 1 †", "rows650_alllinear_seed1"),
+ ("650 rows, all-linear, Persian system prompt †", "rows650_alllinear_system"),
+ ("3 epochs (251 rows, q/v) †", "epochs3"),
+ ("all-linear, r 64, alpha 128 (251 rows) †", "r64_alllinear"),
+ ("prompt tuning (251 rows; lr 3e-2, 20 virtual tokens) †", "prompt"),
+ ("prompt tuning, soft prompt started from the system prompt's text †", "prompt_init"),
+ ("freeze (251 rows; lr 5e-5) †", "freeze"),
+ ("freeze, lr 2e-4 †", "freeze_lr2e4"),
 ]
 RUN_FOLDERS = {"base": None, "default": "/tmp/defruns/lora"}  # no run folder / trained elsewhere
 chrf = CHRF()

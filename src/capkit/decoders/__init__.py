@@ -12,6 +12,7 @@ from adapt.errors import UserError
 from capkit import plugins
 from capkit.decoders.attention import AttentionDecoder
 from capkit.decoders.base import Decoder, State
+from capkit.decoders.ensemble import EnsembleDecoder
 from capkit.decoders.lstm import LSTMDecoder
 from capkit.decoders.transformer import TransformerDecoder
 
@@ -19,6 +20,8 @@ DECODERS: dict[str, type[Decoder]] = {
     "lstm": LSTMDecoder,
     "attention": AttentionDecoder,
     "transformer": TransformerDecoder,
+    # loads ensemble folders (`adapt caption-ensemble`); never trained, so not a `--decoder` choice
+    "ensemble": EnsembleDecoder,
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "decoder_names",
     "find_decoder",
     "AttentionDecoder",
+    "EnsembleDecoder",
     "LSTMDecoder",
     "TransformerDecoder",
 ]

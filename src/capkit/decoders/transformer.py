@@ -1,5 +1,6 @@
 """CNN-Transformer (the Keras "image captioning" example's design): a transformer encoder over
-the 7×7 grid, then a masked transformer decoder with learned positional embeddings.
+the feature grid (`grid_cells` learned positions: 49 for a 7×7 grid; training sets it from the
+encoder), then a masked transformer decoder with learned positional embeddings.
 
 Decoder layers are written out (pre-norm, `scaled_dot_product_attention`) so that `step` can keep
 each layer's self-attention keys/values in the state: one step costs one token, and a test checks
@@ -97,6 +98,11 @@ class TransformerDecoder(Decoder):
 
     def encode(self, grid: torch.Tensor) -> torch.Tensor:
         x = self.image(grid)
+        if x.shape[1] > self.grid_pos.shape[1]:
+            raise ValueError(
+                f"this transformer decoder has positions for {self.grid_pos.shape[1]} grid cells, "
+                f"the features have {x.shape[1]} (decoder_config grid_cells)"
+            )
         return self.encoder(x + self.grid_pos[:, : x.shape[1]])
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
