@@ -22,10 +22,11 @@ from fa_adapt.methods import METHODS, Method, get_method
 # takes minutes on a 2-core CPU. The source's epoch counts (5 lora, 10 prompt, 3 freeze) are a flag away.
 DEFAULT_EPOCHS = 1.0
 # The packaged data holds 1,248 conversations; without --max-train-rows a run on it trains on its
-# first 700: in the recipe study (docs/fa_adapt.md) data was the strongest lever, and 700 rows are
-# what fits the README's 10-minute CPU budget (9 min 18 s for the whole command, idle 2-core
-# AVX512-BF16 CPU; 800 rows took 11 min 13 s). `--max-train-rows 2000` trains on all of it.
-PACKAGED_DEFAULT_ROWS = 700
+# first 650: in the recipe study (docs/fa_adapt.md) data was the strongest lever, and 650 rows are
+# what fits the README's 10-minute CPU budget (9 min 29 s for `adapt finetune`, idle 2-core
+# AVX512-BF16 CPU; 700 rows took 9 min 18 s once and 10 min 30 s once, 800 rows 11 min 13 s).
+# `--max-train-rows 2000` trains on all of it.
+PACKAGED_DEFAULT_ROWS = 650
 # keys a run's own config.json carries beside its settings (`strategy`: runs of version 0.1)
 RECORD_KEYS = ("chatml_token_ids", "strategy")
 
