@@ -22,7 +22,7 @@ from adapt.run_folder import claim_output
 from adapt.runio import atomic_path, write_json, write_text
 from capkit import runs
 from capkit.captioning import DECODING_FILE
-from capkit.decoders.ensemble import NAME
+from capkit.train_config import ENSEMBLE as NAME
 
 
 def make_ensemble(
@@ -62,6 +62,9 @@ def make_ensemble(
 
 
 def _check_compatible(captioners: list[Any]) -> None:
+    for captioner in captioners:
+        if captioner.config.get("decoder") == NAME:
+            raise UserError(f"{captioner.path}: is an ensemble already; give its member runs instead")
     first = captioners[0]
     for other in captioners[1:]:
         if other.encoder_name != first.encoder_name:
@@ -74,10 +77,6 @@ def _check_compatible(captioners: list[Any]) -> None:
                 f"{other.path}: its vocabulary differs from {first.path}'s (train both on the same "
                 "data with the same --min-count and --seed)"
             )
-        if other.config.get("decoder") == NAME:
-            raise UserError(f"{other.path}: is an ensemble already; give its member runs instead")
-    if first.config.get("decoder") == NAME:
-        raise UserError(f"{first.path}: is an ensemble already; give its member runs instead")
 
 
 def _config(captioners: list[Any], out: Path) -> dict[str, Any]:
@@ -105,9 +104,9 @@ def _save_weights(out: Path, captioners: list[Any], half: bool) -> None:
         for i, c in enumerate(captioners)
         for k, v in c.decoder.state_dict().items()
     }
-    feature_dim = runs.feature_dim_of(Path(captioners[0].path))
+    metadata = {"decoder": NAME, "feature_dim": str(captioners[0].feature_dim)}
     with atomic_path(out / runs.WEIGHTS) as tmp:
-        save_file(weights, str(tmp), metadata={"decoder": NAME, "feature_dim": str(feature_dim)})
+        save_file(weights, str(tmp), metadata=metadata)
 
 
 def _copy_decoding(source: Path, out: Path) -> None:

@@ -193,6 +193,7 @@ class Captioner:
     vocab: Vocab
     config: dict
     path: Path
+    feature_dim: int | None = None  # the encoder's, as stored with the weights (None: not known)
     _encoder: Any = field(default=None, repr=False)
     uses_decoding: ClassVar[bool] = True  # the decoding chosen matters (`capkit.captioning.CaptionModel`)
 
@@ -256,7 +257,7 @@ def load_captioner(path: str | os.PathLike[str]) -> Captioner:
         raise UserError(
             f"{folder / WEIGHTS}: does not match a {name} decoder ({str(err).splitlines()[0]})"
         ) from None
-    return Captioner(config["encoder"], decoder.eval(), vocab, config, folder)
+    return Captioner(config["encoder"], decoder.eval(), vocab, config, folder, feature_dim)
 
 
 def _check_run_files(folder: Path) -> None:
@@ -286,11 +287,6 @@ def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], int]:
     except Exception as err:
         raise UserError(f"{file}: cannot be read ({err})") from None
     return weights, int(stored) if stored and stored.isdigit() else _feature_dim(weights)
-
-
-def feature_dim_of(folder: str | os.PathLike[str]) -> int:
-    """The encoder feature size the run in `folder` was trained on (from its weights file)."""
-    return _read_weights(Path(folder) / WEIGHTS)[1]
 
 
 def _feature_dim(weights: dict) -> int:

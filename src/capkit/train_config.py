@@ -22,6 +22,7 @@ from adapt.stopping import resume_hint
 # Measured on the 762-image sample: higher rates make the transformer diverge early.
 DEFAULT_LR = {"lstm": 2e-3, "attention": 1e-3, "transformer": 5e-4}
 SCST_LR = 5e-5  # Rennie et al.'s rate; see docs/capkit.md for what it gave on the sample
+ENSEMBLE = "ensemble"  # the decoder of `adapt caption-ensemble` folders (capkit.decoders.ensemble)
 NOT_TRAINED = (
     "an ensemble is not trained; train its members, then join them with "
     "`adapt caption-ensemble RUN RUN ... --output DIR`"
@@ -33,7 +34,6 @@ def _decoder_names() -> list[str]:
     # imports torch: only when help is shown or a value checked, so a decoder registered
     # (`capkit.register_decoder`) before the command line is parsed is accepted
     from capkit.decoders import decoder_names
-    from capkit.decoders.ensemble import NAME as ENSEMBLE
 
     return [name for name in decoder_names() if name != ENSEMBLE]  # joined from runs, not trained
 
@@ -118,8 +118,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every field (a one-line `UserError` naming its flag); no `lr` means the decoder's default."""
-        if self.decoder == "ensemble":
-            raise UserError(f"--decoder ensemble: {NOT_TRAINED}")
+        if self.decoder == ENSEMBLE:
+            raise UserError(f"--decoder {ENSEMBLE}: {NOT_TRAINED}")
         for f in dataclasses.fields(self):
             check_field(f, getattr(self, f.name))
         if self.init_from and not self.scst_epochs:
@@ -140,7 +140,7 @@ def train_config_from(
     values = {**(read_yaml_settings(config_file) if config_file else {}), **given(flags), "data": str(data)}
     if values.get("init_from"):
         values = {**inherited_settings(str(values["init_from"])), **values}
-        if values.get("decoder") == "ensemble":
+        if values.get("decoder") == ENSEMBLE:
             raise UserError(f"--init-from {values['init_from']}: {NOT_TRAINED}")
     return TrainConfig(**settings_from(TrainConfig, values))
 

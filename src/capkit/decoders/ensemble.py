@@ -17,8 +17,8 @@ from torch import nn
 
 from adapt.errors import UserError
 from capkit.decoders.base import Decoder, State
-
-NAME = "ensemble"
+from capkit.train_config import ENSEMBLE as NAME
+from capkit.train_config import NOT_TRAINED
 
 
 class EnsembleDecoder(Decoder):
@@ -29,10 +29,7 @@ class EnsembleDecoder(Decoder):
     ):
         super().__init__()
         if not members:
-            raise UserError(
-                "--decoder ensemble is not trained: train its members, then join them with "
-                "`adapt caption-ensemble RUN RUN ... --output DIR`"
-            )
+            raise UserError(f"--decoder {NAME}: {NOT_TRAINED}")
         from capkit.decoders import build_decoder
 
         self.vocab_size, self.pad_id = vocab_size, pad_id
